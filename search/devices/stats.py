@@ -1,0 +1,211 @@
+"""`LatencyStats`, the immutable record of one latency measurement (or prediction), and comparisons.
+
+Every latency edge-search logs, checks or plots is a `LatencyStats`, never a bare float: the raw
+samples travel with the summary so that later steps (CI budgets, dashboards) can redo statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats as sps
+
+SCHEMA_VERSION = 1
+
+LatencySource = Literal["measured", "emulated"]
+StopReason = Literal["precision", "time_cap", "max_samples", "predicted"]
+
+
+class HostInfo(BaseModel):
+    """Where a measurement ran: enough to refuse comparing results from different machines."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hostname: str = ""
+    cpu_model: str = ""
+    logical_cores: int = 0
+    cores_used: tuple[int, ...] = ()
+    ort_version: str = ""
+    platform: str = ""
+    python: str = ""
+    steal_pct: float | None = None
+    """Share of CPU time stolen by the hypervisor during the run (Linux /proc/stat), if known."""
+
+
+class LatencyStats(BaseModel):
+    """Latency of one model under one set of session knobs on one device, in milliseconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    source: LatencySource = "measured"
+    device: str
+    samples_ms: tuple[float, ...] = ()
+    median_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    stdev_ms: float
+    cv: float
+    ci_low_ms: float
+    """Lower bound of the confidence interval of the median (a prediction interval when emulated)."""
+    ci_high_ms: float
+    confidence: float = 0.95
+    warmup_runs: int = 0
+    warmup_ms: float = 0.0
+    stop_reason: StopReason = "precision"
+    session_load_ms: float = 0.0
+    first_run_ms: float = 0.0
+    peak_memory_mb: float = 0.0
+    batch_size: int = 1
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    """Session knobs the model ran with (threads, graph optimisation, execution mode)."""
+    lease_wait_s: float = 0.0
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    host: HostInfo = Field(default_factory=HostInfo)
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Source-specific detail, e.g. the emulator's per-op-class breakdown or the profile version."""
+
+    @property
+    def ci_halfwidth_rel(self) -> float:
+        """Half the CI width relative to the median (0.02 means ±2 %)."""
+        if self.median_ms <= 0:
+            return math.inf
+        return (self.ci_high_ms - self.ci_low_ms) / 2.0 / self.median_ms
+
+    @property
+    def throughput_per_s(self) -> float:
+        """Items per second at the median latency and this batch size."""
+        return self.batch_size * 1000.0 / self.median_ms if self.median_ms > 0 else 0.0
+
+    def to_json(self) -> str:
+        """Versioned JSON, round-trippable with `from_json`."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> LatencyStats:
+        data = json.loads(text)
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"LatencyStats schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+        return cls.model_validate(data)
+
+    def summary(self) -> dict[str, float]:
+        """Flat numeric metrics, as logged to MLflow."""
+        return {
+            "latency_ms": self.median_ms,
+            "latency_p90_ms": self.p90_ms,
+            "latency_p95_ms": self.p95_ms,
+            "latency_p99_ms": self.p99_ms,
+            "latency_mean_ms": self.mean_ms,
+            "latency_stdev_ms": self.stdev_ms,
+            "latency_cv": self.cv,
+            "latency_ci_low_ms": self.ci_low_ms,
+            "latency_ci_high_ms": self.ci_high_ms,
+            "latency_samples": float(len(self.samples_ms)),
+            "session_load_ms": self.session_load_ms,
+            "first_run_ms": self.first_run_ms,
+            "peak_memory_mb": self.peak_memory_mb,
+            "throughput_per_s": self.throughput_per_s,
+        }
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float], *, device: str, confidence: float = 0.95,
+                     **fields: Any) -> LatencyStats:
+        """Summarise raw samples; `fields` fills the remaining metadata."""
+        s = summarize(samples_ms, confidence)
+        return cls(device=device, samples_ms=tuple(float(x) for x in samples_ms), confidence=confidence,
+                   **s, **fields)
+
+
+def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median from binomial order statistics.
+
+    Latency samples are skewed and heavy-tailed, so no normal approximation is used: the interval
+    is [x_(l), x_(u)] with l, u taken from Binomial(n, 1/2), as in Conover, *Practical
+    Nonparametric Statistics*. Falls back to the sample range when n is too small.
+    """
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = x.size
+    if n == 0:
+        raise ValueError("no samples")
+    alpha = 1.0 - confidence
+    lo = int(sps.binom.ppf(alpha / 2.0, n, 0.5))
+    hi = int(sps.binom.isf(alpha / 2.0, n, 0.5))
+    lo = max(lo - 1, 0)  # ppf gives a count; order statistic index is zero-based
+    hi = min(hi, n - 1)
+    return float(x[lo]), float(x[hi])
+
+
+def summarize(samples_ms: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Median, percentiles, mean, stdev, CV and the CI of the median of raw samples."""
+    x = np.asarray(samples_ms, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples")
+    lo, hi = median_ci(x, confidence)
+    mean = float(x.mean())
+    stdev = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return {
+        "median_ms": float(np.median(x)),
+        "p90_ms": float(np.percentile(x, 90)),
+        "p95_ms": float(np.percentile(x, 95)),
+        "p99_ms": float(np.percentile(x, 99)),
+        "mean_ms": mean,
+        "stdev_ms": stdev,
+        "cv": stdev / mean if mean > 0 else 0.0,
+        "ci_low_ms": lo,
+        "ci_high_ms": hi,
+    }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How `candidate` compares to `baseline`: ratio of medians (>1 means slower) with its CI."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    """Two-sided Mann-Whitney U p-value for 'the two sample sets come from one distribution'."""
+    p_value_slower: float
+    """One-sided Mann-Whitney U p-value for 'candidate is slower than baseline'."""
+    confidence: float
+
+    def slower_than(self, allowed_increase: float, alpha: float = 0.05) -> bool:
+        """True when the whole CI of the ratio lies above 1 + allowed_increase and the U test agrees."""
+        return self.ci_low > 1.0 + allowed_increase and self.p_value_slower < alpha
+
+
+def compare(baseline: LatencyStats, candidate: LatencyStats, confidence: float = 0.95,
+            n_resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Ratio of medians (candidate / baseline) with a bootstrap CI and Mann-Whitney U tests.
+
+    Needs raw samples on both sides; emulated stats without samples are compared by their
+    intervals only (the ratio CI then spans the ratio of interval bounds).
+    """
+    a = np.asarray(baseline.samples_ms, dtype=float)
+    b = np.asarray(candidate.samples_ms, dtype=float)
+    if a.size < 2 or b.size < 2:
+        ratio = candidate.median_ms / baseline.median_ms
+        return Comparison(ratio, candidate.ci_low_ms / baseline.ci_high_ms,
+                          candidate.ci_high_ms / baseline.ci_low_ms, math.nan, math.nan, confidence)
+
+    def ratio_of_medians(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+    res = sps.bootstrap((a, b), ratio_of_medians, confidence_level=confidence, n_resamples=n_resamples,
+                        method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+    two = sps.mannwhitneyu(b, a, alternative="two-sided")
+    greater = sps.mannwhitneyu(b, a, alternative="greater")
+    return Comparison(float(np.median(b) / np.median(a)), float(res.confidence_interval.low),
+                      float(res.confidence_interval.high), float(two.pvalue), float(greater.pvalue),
+                      confidence)

@@ -1,0 +1,277 @@
+"""`SearchSpace`: the typed, validated description of a search, loaded from YAML.
+
+A space names a task, the train knobs and deploy knobs to search (each a range, a set of choices or
+a fixed value), the objectives with their directions, and constraints such as `accuracy >= 0.9`.
+It turns into Optuna suggestions (define-by-run, so Ray Tune's `OptunaSearch` can use it too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_search.errors import InputError
+
+SPACE_SCHEMA_VERSION = 1
+
+Direction = Literal["minimize", "maximize"]
+
+#: Metrics a space may name as objectives or in constraints, with their natural direction.
+METRICS: dict[str, Direction] = {
+    "accuracy": "maximize",
+    "fidelity": "maximize",
+    "latency_ms": "minimize",
+    "latency_p90_ms": "minimize",
+    "latency_p95_ms": "minimize",
+    "latency_p99_ms": "minimize",
+    "size_mb": "minimize",
+    "peak_memory_mb": "minimize",
+    "throughput_per_s": "maximize",
+    "energy_mj": "minimize",
+}
+
+Scalar = bool | int | float | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KnobSpec(_Strict):
+    """One searched (or fixed) knob.
+
+    Written in YAML as `{low, high[, log, step]}`, `{choices: [...]}`, `{value: x}` or a bare value;
+    `when: {other_knob: value-or-list}` samples it only when another knob has that value.
+    """
+
+    type: Literal["float", "int", "categorical", "fixed"]
+    low: float | int | None = None
+    high: float | int | Literal["cores"] | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Scalar, ...] | None = None
+    value: Scalar | None = None
+    when: dict[str, Scalar | tuple[Scalar, ...]] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_type(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return {"type": "fixed", "value": data}
+        data = dict(data)
+        if "type" not in data:
+            if "choices" in data:
+                data["type"] = "categorical"
+            elif "value" in data:
+                data["type"] = "fixed"
+            elif "low" in data or "high" in data:
+                ints = all(isinstance(data.get(k), int) or data.get(k) == "cores" for k in ("low", "high"))
+                data["type"] = "int" if ints and not isinstance(data.get("step"), float) else "float"
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> KnobSpec:
+        if self.type in ("float", "int"):
+            if self.low is None or self.high is None:
+                raise ValueError(f"a {self.type} range needs both low and high")
+            if self.high != "cores" and self.low > self.high:
+                raise ValueError(f"low ({self.low}) is above high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low > 0")
+        elif self.type == "categorical":
+            if not self.choices:
+                raise ValueError("choices must list at least one value")
+        elif self.type == "fixed" and self.value is None:
+            raise ValueError("a fixed knob needs a value")
+        return self
+
+    def condition_holds(self, sampled: Mapping[str, Any]) -> bool:
+        if not self.when:
+            return True
+        for key, expected in self.when.items():
+            allowed = expected if isinstance(expected, tuple) else (expected,)
+            if sampled.get(key) not in allowed:
+                return False
+        return True
+
+
+class ObjectiveSpec(_Strict):
+    name: str
+    direction: Direction
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `- accuracy` or `- {accuracy: maximize}`
+        if isinstance(data, str):
+            return {"name": data, "direction": METRICS.get(data, "minimize")}
+        if isinstance(data, Mapping) and len(data) == 1 and "name" not in data:
+            ((name, direction),) = data.items()
+            return {"name": name, "direction": direction}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown objective '{v}' (known: {', '.join(METRICS)})")
+        return v
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
+}
+_CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+class Constraint(_Strict):
+    """`metric op bound`, e.g. `latency_p90_ms <= 5`. Satisfied when `violation() <= 0`."""
+
+    metric: str
+    op: Literal["<=", ">=", "<", ">"]
+    bound: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            m = _CONSTRAINT_RE.match(data)
+            if not m:
+                raise ValueError(f"'{data}' is not of the form 'metric <= number'")
+            return {"metric": m.group(1), "op": m.group(2), "bound": float(m.group(3))}
+        return data
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric '{v}' in constraint (known: {', '.join(METRICS)})")
+        return v
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 when satisfied, the size of the violation otherwise."""
+        if self.op in ("<=", "<"):
+            return value - self.bound
+        return self.bound - value
+
+    def satisfied(self, value: float) -> bool:
+        return _OPS[self.op](value, self.bound)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+class TaskSpec(_Strict):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+class SearchSpace(_Strict):
+    """A validated search space; see `spaces/digits-cnn.yaml` for an annotated example."""
+
+    schema_version: int
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    task: TaskSpec
+    seed: int = 0
+    train: dict[str, KnobSpec] = Field(default_factory=dict)
+    deploy: dict[str, KnobSpec] = Field(default_factory=dict)
+    objectives: tuple[ObjectiveSpec, ...] = Field(min_length=1)
+    constraints: tuple[Constraint, ...] = ()
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SPACE_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {v} is not supported (this edge-search reads {SPACE_SCHEMA_VERSION})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
+        from edge_search.config import DEPLOY_KNOBS
+
+        for name in self.deploy:
+            if name not in DEPLOY_KNOBS:
+                raise ValueError(f"unknown deploy knob '{name}' (known: {', '.join(DEPLOY_KNOBS)})")
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError("an objective is listed twice")
+        for group in (self.train, self.deploy):
+            for name, spec in group.items():
+                for other in (spec.when or {}):
+                    if other not in group:
+                        raise ValueError(f"knob '{name}' depends on '{other}', which is not in the same section")
+        return self
+
+    @property
+    def directions(self) -> list[Direction]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    def space_hash(self) -> str:
+        """Short content hash: two spaces with the same hash search the same thing."""
+        canon = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+def _format_validation(origin: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-")) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: {loc}: {msg}"
+
+
+def parse_space(data: Any, origin: str) -> SearchSpace:
+    """Validate space data; errors name the file, the field and the reason in one line."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{origin}: a search space must be a YAML mapping")
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as err:
+        raise InputError(_format_validation(origin, err)) from None
+
+
+BUILTIN_SPACES = ("digits-cnn",)
+
+
+def load_space(path_or_name: str | Path | None) -> SearchSpace:
+    """Load a space from a YAML file, or a built-in one by name (default: `digits-cnn`)."""
+    if path_or_name is None:
+        path_or_name = "digits-cnn"
+    p = Path(path_or_name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        try:
+            text = p.read_text()
+        except OSError as err:
+            raise InputError(f"{p}: cannot read: {err.strerror}") from None
+        origin = str(p)
+    else:
+        res = resources.files("edge_search.spaces").joinpath(f"{path_or_name}.yaml")
+        if not res.is_file():
+            raise InputError(f"unknown space '{path_or_name}': not a file and not a built-in space")
+        text, origin = res.read_text(), f"spaces/{path_or_name}.yaml"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(f"{origin}: not valid YAML{where}: {problem}") from None
+    return parse_space(data, origin)
