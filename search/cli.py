@@ -20,6 +20,7 @@ from edge_search.errors import EdgeSearchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "search training + deployment knobs and log the Pareto front"),
     "pareto": ("pareto", "print a study's feasible Pareto set"),
+    "measure": ("measure", "measure one ONNX model's latency on a device"),
 }
 
 

@@ -32,6 +32,7 @@ class DeployConfig(BaseModel):
     channel_prune: float = Field(0.0, ge=0.0, lt=1.0)
     """Structured pruning: share of conv channels removed (the network really shrinks)."""
     finetune_epochs: int = Field(0, ge=0)
+    """Epochs of fine-tuning after pruning; no effect (and not part of any cache key) when unpruned."""
     intra_op_threads: int = Field(1, ge=1)
     inter_op_threads: int = Field(1, ge=1)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
@@ -91,5 +92,3 @@ def check_deploy(deploy: DeployConfig, *, device_cores: int, device_precisions: 
         raise InvalidConfig("channel_prune needs a task that can rebuild the network (a trainable task)")
     if deploy.finetune_epochs > 0 and not task_can_finetune:
         raise InvalidConfig("finetune_epochs needs a trainable task")
-    if deploy.finetune_epochs > 0 and not deploy.pruned:
-        raise InvalidConfig("finetune_epochs > 0 without sparsity or channel_prune has nothing to fine-tune")

@@ -39,6 +39,12 @@ METRICS: dict[str, Direction] = {
     "energy_mj": "minimize",
 }
 
+#: Where a metric can lie at all; a constraint outside it can never be met.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "fidelity": (0.0, 1.0),
+}
+
 Scalar = bool | int | float | str
 
 
@@ -156,6 +162,14 @@ class Constraint(_Strict):
         if v not in METRICS:
             raise ValueError(f"unknown metric '{v}' in constraint (known: {', '.join(METRICS)})")
         return v
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Constraint:
+        lo, hi = METRIC_RANGES.get(self.metric, (0.0, float("inf")))
+        if (self.op in (">=", ">") and (self.bound > hi or (self.op == ">" and self.bound == hi))) or (
+                self.op in ("<=", "<") and (self.bound < lo or (self.op == "<" and self.bound == lo))):
+            raise ValueError(f"constraint '{self}' can never be met: {self.metric} lies in [{lo:g}, {hi:g}]")
+        return self
 
     def violation(self, value: float) -> float:
         """Optuna's convention: <= 0 when satisfied, the size of the violation otherwise."""
@@ -275,3 +289,38 @@ def load_space(path_or_name: str | Path | None) -> SearchSpace:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise InputError(f"{origin}: not valid YAML{where}: {problem}") from None
     return parse_space(data, origin)
+
+
+def _suggest_section(trial: Any, prefix: str, knobs: Mapping[str, KnobSpec], cores: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, spec in knobs.items():
+        if not spec.condition_holds(out):
+            continue
+        key = f"{prefix}.{name}"
+        if spec.type == "fixed":
+            out[name] = spec.value
+        elif spec.type == "categorical":
+            assert spec.choices is not None
+            out[name] = trial.suggest_categorical(key, list(spec.choices))
+        else:
+            assert spec.low is not None and spec.high is not None
+            high = cores if spec.high == "cores" else spec.high
+            if spec.type == "int":
+                low_i, high_i = int(spec.low), int(high)
+                if low_i > high_i:
+                    raise InputError(f"{prefix}.{name}: range {low_i}..{high_i} is empty on a {cores}-core device")
+                out[name] = trial.suggest_int(key, low_i, high_i, step=int(spec.step or 1), log=spec.log)
+            else:
+                out[name] = trial.suggest_float(key, float(spec.low), float(high),
+                                                step=None if spec.step is None else float(spec.step), log=spec.log)
+    return out
+
+
+def suggest_config(space: SearchSpace, trial: Any, cores: int) -> dict[str, dict[str, Any]]:
+    """Sample one configuration (define-by-run): `{"train": {...}, "deploy": {...}}`.
+
+    Knobs whose `when` condition does not hold are not sampled and take their defaults; `high:
+    cores` resolves to the device profile's core count.
+    """
+    return {"train": _suggest_section(trial, "train", space.train, cores),
+            "deploy": _suggest_section(trial, "deploy", space.deploy, cores)}

@@ -5,15 +5,15 @@ Profiles ship in the package (`device_profiles/*.yaml`); users add their own wit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from edge_search.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -38,6 +38,7 @@ class CpuSpec(_Strict):
     clock_ghz: float = Field(gt=0)
     simd: tuple[str, ...] = ()
     int8_dot_product: bool = False
+    """Armv8.2 SDOT/UDOT or x86 VNNI: int8 convolutions gain much more over fp32 with it."""
     fp16_arithmetic: bool = False
 
 
@@ -51,7 +52,13 @@ class MemorySpec(_Strict):
 class AcceleratorSpec(_Strict):
     name: str
     kind: Literal["gpu", "npu", "dsp"]
-    fp16_tflops: float | None = None
+    fp16_tflops: float | None = Field(None, gt=0)
+    fp32_tflops: float | None = Field(None, gt=0)
+    cores: int | None = Field(None, ge=1)
+    shares_ram: bool = True
+    """True when the accelerator uses the board's RAM (Jetson): the model counts against `memory.ram_mb`."""
+    execution_providers: tuple[str, ...] = ()
+    """ONNX Runtime execution providers that run on the accelerator."""
 
 
 class PowerSpec(_Strict):
@@ -74,17 +81,101 @@ class LatencySpec(_Strict):
     """For `local`: the CPU cores measurements may be pinned to (default: all)."""
 
 
-class Calibration(_Strict):
-    """Factors that carry per-node host time to this device; every number has a source."""
+OP_CLASSES = ("conv_kxk", "depthwise", "pointwise", "gemm", "elementwise", "other")
+"""Node classes the emulator carries separately (see `edge_search.devices.opclass`)."""
+CLASS_GROUPS = ("compute", "memory")
+_PREC = "fp32|fp16|int8"
+_CLS = "|".join(OP_CLASSES + CLASS_GROUPS)
+PARAM_KEY = re.compile(rf"^(gpu\.)?(overhead_ms|rate\.({_PREC})\.({_CLS}))$")
+SCALING_KEY = re.compile(rf"^(gpu\.)?(({_PREC})(\.({_CLS}))?|{_CLS})$")
 
+
+class Calibration(_Strict):
+    """Numbers that carry per-node host time to this device; every number has a source.
+
+    `params` keys (checked when the profile is loaded):
+    - ``overhead_ms``: fixed per-inference cost (session run, input copy, scheduling);
+    - ``rate.<precision>.<class or group>``: effective single-thread throughput of an op class,
+      GFLOP/s for compute-bound classes (conv_kxk, pointwise, gemm; group ``compute``) and GB/s for
+      memory-bound ones (depthwise, elementwise, other; group ``memory``);
+    - the same keys prefixed ``gpu.`` for the accelerator path (used when a session asks for a GPU
+      execution provider the profile lists).
+    `thread_scaling` is the default speed-up at n threads over 1 thread; `thread_scaling_by`
+    overrides it per ``<precision>``, ``<class>`` or ``<precision>.<class>`` (most specific wins).
+    """
+
+    source: str = ""
+    """Where the calibration comes from (required as soon as there is any number)."""
     runtime_note: str = ""
     """E.g. 'cross-runtime: fitted to TFLite XNNPACK figures'."""
     fitted_at: str = ""
+    reference_host: str = ""
+    """The host whose per-node profiles the rates were fitted against (CPU model, ORT version)."""
     params: dict[str, Sourced] = Field(default_factory=dict)
     thread_scaling: dict[int, Sourced] = Field(default_factory=dict)
     """Speed-up at n threads relative to 1 thread."""
+    thread_scaling_by: dict[str, dict[int, Sourced]] = Field(default_factory=dict)
     error_band: Sourced | None = None
     """Relative half-width of the prediction interval (from the fit's residuals)."""
+    error_band_gpu: Sourced | None = None
+    """The same for the accelerator path, where it has its own calibration."""
+    fit_stats: dict[str, float] = Field(default_factory=dict)
+    """Figures of the fit that produced the numbers (MAPE, share within ±20 %, n)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Calibration:
+        for key in self.params:
+            if not PARAM_KEY.match(key):
+                raise ValueError(f"unknown calibration parameter '{key}' (expected overhead_ms or "
+                                 f"rate.<fp32|fp16|int8>.<{'|'.join(OP_CLASSES + CLASS_GROUPS)}>)")
+        for key in self.thread_scaling_by:
+            if not SCALING_KEY.match(key):
+                raise ValueError(f"unknown thread_scaling_by key '{key}'")
+        for curve in (self.thread_scaling, *self.thread_scaling_by.values()):
+            for n, s in curve.items():
+                if n < 1 or s.value <= 0:
+                    raise ValueError(f"thread scaling {n}: {s.value}: need n >= 1 and a positive speed-up")
+        has_numbers = bool(self.params or self.thread_scaling or self.thread_scaling_by or self.error_band
+                           or self.error_band_gpu)
+        if has_numbers and not self.source.strip():
+            raise ValueError("calibration.source is required when the calibration holds numbers "
+                             "(say where they come from)")
+        for key, val in self.params.items():
+            if val.value < 0 or (key.startswith(("rate.", "gpu.rate.")) and val.value == 0):
+                raise ValueError(f"calibration parameter '{key}' must be positive")
+        return self
+
+    def rate(self, precision: str, op_class: str, group: str, gpu: bool = False) -> float | None:
+        """Calibrated throughput for a class (falling back to its group), or None when uncalibrated."""
+        prefix = "gpu." if gpu else ""
+        for key in (f"{prefix}rate.{precision}.{op_class}", f"{prefix}rate.{precision}.{group}"):
+            if key in self.params:
+                return self.params[key].value
+        return None
+
+    def overhead_ms(self, gpu: bool = False) -> float:
+        """Fixed per-inference cost in ms (0 when uncalibrated)."""
+        p = self.params.get("gpu.overhead_ms" if gpu else "overhead_ms")
+        return p.value if p else 0.0
+
+    def speedup(self, threads: int, precision: str, op_class: str, gpu: bool = False) -> float:
+        """Speed-up at `threads` over 1 thread: most specific curve, linear interpolation, flat beyond."""
+        prefix = "gpu." if gpu else ""
+        curve = self.thread_scaling
+        for key in (f"{prefix}{precision}.{op_class}", f"{prefix}{op_class}", f"{prefix}{precision}"):
+            if key in self.thread_scaling_by:
+                curve = self.thread_scaling_by[key]
+                break
+        points = {1: 1.0, **{n: s.value for n, s in curve.items()}}
+        ns = sorted(points)
+        if threads in points:
+            return points[threads]
+        if threads > ns[-1]:
+            return points[ns[-1]]
+        lo = max(n for n in ns if n < threads)
+        hi = min(n for n in ns if n > threads)
+        w = (threads - lo) / (hi - lo)
+        return points[lo] * (1 - w) + points[hi] * w
 
 
 class DeviceProfile(_Strict):
@@ -106,19 +197,32 @@ class DeviceProfile(_Strict):
     def _check(self) -> DeviceProfile:
         if self.schema_version != PROFILE_SCHEMA_VERSION:
             raise ValueError(f"schema_version {self.schema_version} is not supported")
+        if self.memory.reserve_mb >= self.memory.ram_mb:
+            raise ValueError("memory.reserve_mb must be smaller than memory.ram_mb")
         if self.latency.method == "agent" and not self.latency.agents:
             raise ValueError("latency.method 'agent' needs at least one entry in latency.agents")
         return self
 
     @property
     def usable_memory_mb(self) -> float:
+        """RAM a model may use: the board's RAM less the reserve for the OS and application."""
         return self.memory.ram_mb - self.memory.reserve_mb
+
+    @property
+    def gpu_providers(self) -> tuple[str, ...]:
+        """Execution providers that run on the accelerator (empty without one)."""
+        return self.accelerator.execution_providers if self.accelerator else ()
 
 
 def _format_validation(path: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: {loc}: {first['msg']}"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; see device_profiles/host.yaml for the format)"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    return f"{path}: {loc}: {msg}"
 
 
 def parse_profile(data: Any, origin: str) -> DeviceProfile:

@@ -96,7 +96,8 @@ class LatencyStats(BaseModel):
         data = json.loads(text)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"LatencyStats schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+            raise ValueError(f"LatencyStats schema_version {version} is not supported "
+                             f"(expected {SCHEMA_VERSION})")
         return cls.model_validate(data)
 
     def summary(self) -> dict[str, float]:
@@ -122,12 +123,12 @@ class LatencyStats(BaseModel):
     def from_samples(cls, samples_ms: Sequence[float], *, device: str, confidence: float = 0.95,
                      **fields: Any) -> LatencyStats:
         """Summarise raw samples; `fields` fills the remaining metadata."""
-        s = summarize(samples_ms, confidence)
+        data: dict[str, Any] = {**summarize(samples_ms, confidence), **fields}
         return cls(device=device, samples_ms=tuple(float(x) for x in samples_ms), confidence=confidence,
-                   **s, **fields)
+                   **data)
 
 
-def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the median from binomial order statistics.
 
     Latency samples are skewed and heavy-tailed, so no normal approximation is used: the interval
@@ -146,7 +147,7 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(x[lo]), float(x[hi])
 
 
-def summarize(samples_ms: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+def summarize(samples_ms: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict[str, float]:
     """Median, percentiles, mean, stdev, CV and the CI of the median of raw samples."""
     x = np.asarray(samples_ms, dtype=float)
     if x.size == 0:

@@ -1,0 +1,137 @@
+"""`edge-search measure MODEL.onnx`: measure one ONNX model's latency on a device.
+
+Prints the median, percentiles, mean, stdev, CV, the CI of the median, warm-up and sample counts,
+session load and first-run time, peak memory, host metadata and any warning; ``--json`` prints the
+`LatencyStats` JSON instead. Bad input (missing or corrupt model, a dynamic dimension without
+``--shape``, more threads than the device allows) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge_search.devices.stats import LatencyStats
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's arguments."""
+    parser.add_argument("model", type=Path, help="ONNX model file")
+    parser.add_argument("--device", default="host", help="device profile name (default: host)")
+    parser.add_argument("--profiles", type=Path, action="append", default=[], metavar="DIR",
+                        help="extra device profile folder or file (repeatable)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: 1)")
+    parser.add_argument("--inter-threads", type=int, default=1, metavar="N",
+                        help="ONNX Runtime inter-op threads (default: 1)")
+    parser.add_argument("--graph-opt", choices=["disable", "basic", "extended", "all"], default="all",
+                        help="graph optimisation level (default: all)")
+    parser.add_argument("--execution-mode", choices=["sequential", "parallel"], default="sequential",
+                        help="ONNX Runtime execution mode (default: sequential)")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                        help="concrete shape of an input with dynamic dimensions (repeatable)")
+    parser.add_argument("--precision-target", type=float, default=0.02, metavar="FRACTION",
+                        help="stop when the 95%% CI of the median is within ± this fraction (default: 0.02)")
+    parser.add_argument("--max-time", type=float, default=10.0, metavar="SECONDS",
+                        help="time cap of the repetition phase, warm-up excluded (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random input data (default: 0)")
+    parser.add_argument("--json", action="store_true", help="print the LatencyStats JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the request, measure it on the device and print the result."""
+    from pydantic import ValidationError
+
+    from edge_search.devices import create_device
+    from edge_search.devices.base import MeasureRequest, SessionKnobs
+    from edge_search.devices.inputs import parse_shape_arg
+    from edge_search.devices.profile import get_profile
+    from edge_search.errors import InputError
+
+    if args.threads < 1 or args.inter_threads < 1:
+        raise InputError("--threads and --inter-threads must be at least 1")
+    if not args.precision_target > 0 or not args.max_time > 0:
+        raise InputError("--precision-target and --max-time must be positive")
+    if not args.model.exists():
+        raise InputError(f"{args.model}: no such model file")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in args.shape:
+        name, shape = parse_shape_arg(text)
+        shapes[name] = shape
+    profile = get_profile(args.device, args.profiles)
+    try:
+        request = MeasureRequest(
+            model_path=args.model,
+            session=SessionKnobs(intra_op_threads=args.threads, inter_op_threads=args.inter_threads,
+                                 graph_optimization=args.graph_opt, execution_mode=args.execution_mode,
+                                 providers=profile.execution_providers[:1] or ("CPUExecutionProvider",)),
+            shapes=shapes, precision_target=args.precision_target, max_time_s=args.max_time)
+    except ValidationError as err:
+        raise InputError(f"bad measurement request: {err.errors()[0]['msg']}") from None
+    kwargs = {"seed": args.seed} if profile.latency.method == "local" else {}
+    device = create_device(profile, **kwargs)
+    try:
+        stats = device.measure(request)
+    finally:
+        device.close()
+    if args.json:
+        print(stats.to_json())
+    else:
+        print_stats(stats)
+    return 0
+
+
+def _rows(stats: LatencyStats) -> list[tuple[str, str]]:
+    """(label, value) rows of the human report."""
+    h = stats.host
+    n = len(stats.samples_ms)
+    rows = [
+        ("device", f"{stats.device} ({stats.source})"),
+        ("model", str(stats.extra.get("model_path", ""))),
+        ("median", f"{stats.median_ms:.4f} ms"),
+        ("95% CI of median", f"[{stats.ci_low_ms:.4f}, {stats.ci_high_ms:.4f}] ms "
+                             f"(±{stats.ci_halfwidth_rel:.2%})"),
+        ("p90 / p95 / p99", f"{stats.p90_ms:.4f} / {stats.p95_ms:.4f} / {stats.p99_ms:.4f} ms"),
+        ("mean ± stdev", f"{stats.mean_ms:.4f} ± {stats.stdev_ms:.4f} ms"),
+        ("CV", f"{stats.cv:.2%}"),
+        ("samples", f"{n} (stopped by {stats.stop_reason})"),
+        ("warm-up", f"{stats.warmup_runs} runs, {stats.warmup_ms:.0f} ms"),
+        ("session load", f"{stats.session_load_ms:.1f} ms"),
+        ("first inference", f"{stats.first_run_ms:.2f} ms"),
+        ("peak memory", f"{stats.peak_memory_mb:.1f} MB"),
+        ("knobs", ", ".join(f"{k}={v}" for k, v in stats.knobs.items())),
+        ("CPU", h.cpu_model or "?"),
+        ("cores used", ",".join(str(c) for c in h.cores_used) + f" of {h.logical_cores}"),
+        ("ONNX Runtime", h.ort_version or "?"),
+        ("CPU steal", "n/a" if h.steal_pct is None else f"{h.steal_pct:.2f}%"),
+        ("lease wait", f"{stats.lease_wait_s:.3f} s"),
+    ]
+    if stats.started_at:
+        start = datetime.fromtimestamp(stats.started_at).isoformat(timespec="milliseconds")
+        rows.append(("interval", f"{start} + {stats.ended_at - stats.started_at:.2f} s"))
+    rows.append(("warnings", "; ".join(stats.warnings) if stats.warnings else "none"))
+    return rows
+
+
+def print_stats(stats: LatencyStats) -> None:
+    """A rich table on a terminal, plain ``label: value`` lines otherwise."""
+    rows = _rows(stats)
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="edge-search measure", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+        for label, value in rows:
+            style = "yellow" if label == "warnings" and stats.warnings else None
+            table.add_row(label, value, style=style)
+        Console().print(table)
+        return
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")

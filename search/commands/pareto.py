@@ -1,0 +1,71 @@
+"""`edge-search pareto`: the feasible Pareto set of a study, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from edge_search.pareto import ParetoPoint
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///edge-search.db)")
+    p.add_argument("--json", action="store_true", help="print a JSON list for machines")
+
+
+def load_study(name: str, storage_url: str | None):  # type: ignore[no-untyped-def]
+    """An existing study, or an input error listing the ones that exist."""
+    import optuna
+
+    from edge_search.errors import InputError
+    from edge_search.study import make_storage
+
+    storage = make_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise InputError(f"no study named '{name}' (studies: {', '.join(names) or 'none'})") from None
+
+
+def print_front(points: Sequence[ParetoPoint]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not points:
+        print("no feasible trial on the front")
+        return
+    names = list(points[0].values)
+    deploy_keys = sorted({k for p in points for k in p.params if k.startswith("deploy.")})
+    train_keys = sorted({k for p in points for k in p.params if k.startswith("train.")})
+    varying = [k for k in deploy_keys + train_keys if len({str(p.params.get(k)) for p in points}) > 1]
+    table = Table(title="Pareto front (feasible)")
+    table.add_column("trial", justify="right")
+    for n in names:
+        table.add_column(n, justify="right")
+    for k in varying:
+        table.add_column(k.split(".", 1)[1])
+    for p in sorted(points, key=lambda p: p.values[names[-1]]):
+        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names),
+               *(_short(p.params.get(k)) for k in varying)]
+        table.add_row(*row)
+    Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def _short(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_search.pareto import pareto_points
+
+    study = load_study(args.study, args.storage)
+    points = pareto_points(study)
+    if args.json:
+        print(json.dumps([p.to_json() for p in points], indent=2))
+    else:
+        print_front(points)
+    return 0

@@ -1,0 +1,44 @@
+"""`edge-search run`: search training + deployment knobs on a device and log the front to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge_search.study import SAMPLERS
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="host", help="device profile name (see `edge-search devices`)")
+    p.add_argument("--space", default=None, help="search space YAML file or built-in name (default: digits-cnn)")
+    p.add_argument("--trials", type=int, default=30, help="finished trials the study should hold (default 30)")
+    p.add_argument("--study", default=None, help="study name (default: <space>-<device>); an existing one resumes")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///edge-search.db)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="search algorithm (default tpe)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    p.add_argument("--cache-dir", type=Path, default=Path(".edge-search/cache"),
+                   help="artifact cache: trained models, deployables, measurements")
+    p.add_argument("--profiles", type=Path, action="append", default=[],
+                   help="extra device profile file or folder (repeatable)")
+    p.add_argument("--precision-target", type=float, default=0.02,
+                   help="stop measuring when the median's CI is within ± this fraction (default 0.02)")
+    p.add_argument("--max-measure-time", type=float, default=5.0, help="time cap per measurement, seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_search.commands.pareto import print_front
+    from edge_search.run import RunOptions, run_search
+
+    summary = run_search(RunOptions(
+        device=args.device, space=args.space, trials=args.trials, study=args.study, storage=args.storage,
+        sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
+        profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time))
+    print(f"study {summary.study}: {summary.complete} finished trials, {len(summary.front)} on the Pareto front"
+          f" ({summary.wall_s:.1f} s)")
+    total = sum(summary.stage_s.values()) or 1.0
+    shares = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in summary.stage_s.items())
+    print(f"time in this run: {shares}")
+    print_front(summary.front)
+    print(f"next: edge-search pareto --study {summary.study}   |   mlflow ui   (filter: tags.pareto = 'true')")
+    return 0

@@ -1,0 +1,1 @@
+"""Drivers decide which configurations to evaluate: Optuna (embedded, default) or Ray Tune."""

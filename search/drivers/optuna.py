@@ -1,0 +1,83 @@
+"""The embedded driver: an ask/tell loop over an Optuna study, until N trials have finished."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import optuna
+from optuna.trial import TrialState
+
+from edge_search.config import DeployConfig, TrialConfig
+from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
+from edge_search.pipeline import Pipeline
+from edge_search.progress import RunProgress
+from edge_search.space import suggest_config
+from edge_search.study import StudySession
+
+log = logging.getLogger(__name__)
+
+
+def build_config(session: StudySession, trial: optuna.Trial, cores: int) -> TrialConfig:
+    """Sample a trial's knobs from the space and type them; bad values are invalid configs."""
+    raw = suggest_config(session.space, trial, cores)
+    try:
+        return TrialConfig(train=raw["train"], deploy=DeployConfig(**raw["deploy"]))
+    except ValueError as err:
+        raise InvalidConfig(str(err).splitlines()[0]) from None
+
+
+def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial) -> tuple[TrialState, str]:
+    """Evaluate one asked trial and record it; returns its final state and a one-line summary."""
+    run_id: str | None = None
+    try:
+        config = build_config(session, trial, pipeline.device_cores)
+        run_id = session.begin_trial(trial, config)
+        pipeline.check(config)
+        result = pipeline.evaluate(config)
+    except InvalidConfig as err:
+        session.reject_trial(trial, run_id, TrialState.PRUNED, f"invalid: {err}")
+        return TrialState.PRUNED, f"trial {trial.number} invalid: {err}"
+    except InputError:
+        raise
+    except (EdgeSearchError, Exception) as err:  # a failed trial must not end the study
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
+        session.reject_trial(trial, run_id, TrialState.FAIL, reason)
+        return TrialState.FAIL, f"trial {trial.number} failed: {reason}"
+    assert run_id is not None
+    session.complete_trial(trial, run_id, result)
+    vals = ", ".join(f"{k}={result.metrics[k]:.4g}" for k in session.space.objective_names)
+    cached = "+".join(k for k, v in result.cache_hits.items() if v)
+    return TrialState.COMPLETE, f"trial {trial.number} {vals}" + (f" (cached: {cached})" if cached else "")
+
+
+def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
+               max_consecutive_rejects: int = 50) -> None:
+    """Ask and evaluate trials until the study holds `n_trials` complete ones.
+
+    Invalid configurations and failures do not count; after `max_consecutive_rejects` of them in a
+    row the run stops with the last reason rather than loop forever.
+    """
+    rejects = 0
+    while session.n_complete() < n_trials:
+        trial = session.study.ask()
+        state, line = run_trial(session, pipeline, trial)
+        if state == TrialState.COMPLETE:
+            rejects = 0
+            session.update_front()
+        else:
+            rejects += 1
+            if rejects >= max_consecutive_rejects:
+                raise EdgeSearchError(f"{rejects} configurations in a row were invalid or failed; last: {line}")
+        progress.update(session.n_complete(), line, len(session.front), best_summary(session))
+
+
+def best_summary(session: StudySession) -> str:
+    """'best accuracy=0.97' for the first objective among feasible complete trials."""
+    first = session.space.objectives[0]
+    vals = [t.values[0] for t in session.study.best_trials if t.values]
+    if not vals:
+        return "no feasible trial yet"
+    best = max(vals) if first.direction == "maximize" else min(vals)
+    return f"best {first.name}={best:.4g}"

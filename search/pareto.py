@@ -1,0 +1,74 @@
+"""The feasible Pareto set of a study, as plain records (`ParetoPoint`), from Optuna's own front."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from edge_search.tracking import RUN_ID_ATTR
+
+OBJECTIVES_ATTR = "objectives"
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    trial: int
+    params: dict[str, Any]
+    values: dict[str, float]
+    mlflow_run_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"trial": self.trial, "params": self.params, "values": self.values,
+                "mlflow_run_id": self.mlflow_run_id}
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get(OBJECTIVES_ATTR)
+    if names:
+        return list(names)
+    return [f"objective_{i}" for i in range(len(study.directions))]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    constraints = trial.user_attrs.get("constraint_violations")
+    if constraints is None:
+        return True
+    return all(v <= 0 for v in constraints)
+
+
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible non-dominated complete trials (Optuna's `best_trials`, which honours constraints)."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
+    names = objective_names(study)
+    return [ParetoPoint(trial=t.number, params=dict(t.user_attrs.get("config_params", t.params)),
+                        values=dict(zip(names, t.values or (), strict=True)),
+                        mlflow_run_id=t.user_attrs.get(RUN_ID_ATTR))
+            for t in front_trials(study)]
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """True when `a` is at least as good as `b` in every objective and better in one.
+
+    Written out here (rather than Optuna's private helper) so tests can check the tags of MLflow
+    runs against an independent definition.
+    """
+    better = False
+    for x, y, d in zip(a, b, directions, strict=True):
+        if d == "maximize":
+            x, y = -x, -y
+        if x > y:
+            return False
+        if x < y:
+            better = True
+    return better
+
+
+def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

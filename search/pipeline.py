@@ -1,0 +1,196 @@
+"""`Pipeline.evaluate(config) -> TrialResult`: the one path every driver (Optuna, Ray) takes.
+
+train (cached by params) -> prune (cached) -> transforms (cached) -> evaluate the deployable
+model with ONNX Runtime -> measure it on the device (cached by model bytes + device + knobs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_search.cache import ArtifactCache, content_key, file_sha256
+from edge_search.config import DeployConfig, TrialConfig, check_deploy
+from edge_search.devices.base import Device, MeasureRequest
+from edge_search.devices.profile import DeviceProfile
+from edge_search.devices.stats import LatencyStats
+from edge_search.tasks.base import ModelArtifact, Task
+
+STAGES = ("train", "prune", "transform", "evaluate", "measure")
+
+
+@dataclass
+class TrialResult:
+    """Everything one trial produced; `metrics` holds every objective a space may name."""
+
+    metrics: dict[str, float]
+    latency: LatencyStats
+    deployable: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_hits: dict[str, bool] = field(default_factory=dict)
+    infeasible: list[str] = field(default_factory=list)
+    """Reasons this configuration cannot be deployed on the device (e.g. does not fit in memory)."""
+
+    @property
+    def latency_source(self) -> str:
+        return self.latency.source
+
+
+def _model_size_mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+class Pipeline:
+    """Evaluates trial configurations for one task on one device, caching every stage."""
+
+    def __init__(self, task: Task, device: Device, profile: DeviceProfile, cache: ArtifactCache,
+                 seed: int = 0, precision_target: float = 0.02, max_measure_s: float = 5.0) -> None:
+        self.task = task
+        self.device = device
+        self.profile = profile
+        self.cache = cache
+        self.seed = seed
+        self.precision_target = precision_target
+        self.max_measure_s = max_measure_s
+
+    @property
+    def device_cores(self) -> int:
+        cores = self.profile.latency.cores
+        return len(cores) if cores else self.profile.cpu.cores
+
+    def check(self, config: TrialConfig) -> None:
+        """Reject a configuration that cannot be deployed, before any work is spent on it."""
+        check_deploy(config.deploy, device_cores=self.device_cores,
+                     device_precisions=tuple(self.profile.precisions),
+                     task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train)
+
+    def evaluate(self, config: TrialConfig) -> TrialResult:
+        self.check(config)
+        timings = dict.fromkeys(STAGES, 0.0)
+        hits: dict[str, bool] = {}
+        params = self.task.resolve_params(config.train)
+        deploy = config.deploy
+
+        with _timed(timings, "train"):
+            base_key, model, hits["train"] = self._train(params)
+        with _timed(timings, "prune"):
+            model_key, model, prune_hit = self._prune(base_key, model, params, deploy)
+            if prune_hit is not None:
+                hits["prune"] = prune_hit
+        with _timed(timings, "transform"):
+            deploy_dir, hits["transform"] = self._transform(model_key, model, deploy)
+        deployable = deploy_dir / "model.onnx"
+        with _timed(timings, "evaluate"):
+            quality, hits["evaluate"] = self._evaluate(deploy_dir, deploy)
+        with _timed(timings, "measure"):
+            latency, hits["measure"] = self._measure(deployable, deploy)
+
+        metrics: dict[str, float] = {**quality, **latency.summary(), "size_mb": _model_size_mb(deployable)}
+        infeasible: list[str] = []
+        if latency.extra.get("fits_memory") is False:
+            infeasible.append(f"peak memory {latency.peak_memory_mb:.0f} MB does not fit the device's "
+                              f"{self.profile.usable_memory_mb:.0f} MB usable RAM")
+        elif latency.peak_memory_mb > self.profile.usable_memory_mb:
+            infeasible.append(f"peak memory {latency.peak_memory_mb:.0f} MB exceeds the device's "
+                              f"{self.profile.usable_memory_mb:.0f} MB usable RAM")
+        return TrialResult(metrics=metrics, latency=latency, deployable=deployable, timings=timings,
+                           cache_hits=hits, infeasible=infeasible)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _train(self, params: dict[str, Any]) -> tuple[str, ModelArtifact, bool]:
+        key = content_key("train", self.task.name, self.task.version, params, self.seed)
+
+        def build(tmp: Path) -> None:
+            _normalise_artifact(self.task.train(params, tmp, self.seed), tmp)
+
+        folder, hit = self.cache.entry("models", key, build)
+        return key, _artifact_in(folder), hit
+
+    def _prune(self, base_key: str, model: ModelArtifact, params: dict[str, Any],
+               deploy: DeployConfig) -> tuple[str, ModelArtifact, bool | None]:
+        if not deploy.pruned:
+            return base_key, model, None
+        if not self.task.can_train:
+            return base_key, model, None  # pruned on the ONNX graph by the transform chain
+        key = content_key("prune", base_key, deploy.sparsity, deploy.channel_prune, deploy.finetune_epochs)
+
+        def build(tmp: Path) -> None:
+            out = self.task.prune(model, sparsity=deploy.sparsity, channel_prune=deploy.channel_prune,
+                                  finetune_epochs=deploy.finetune_epochs, params=params, workdir=tmp,
+                                  seed=self.seed)
+            _normalise_artifact(out, tmp)
+
+        folder, hit = self.cache.entry("models", key, build)
+        return key, _artifact_in(folder), hit
+
+    def _transform(self, model_key: str, model: ModelArtifact, deploy: DeployConfig) -> tuple[Path, bool]:
+        from edge_search.transforms import deploy_transforms
+
+        chain = deploy_transforms(deploy, task_prunes=self.task.can_train)
+        knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
+                                           "reduce_range", "quant_format", "sparsity"})
+        key = content_key("deploy", model_key, [t.name for t in chain], knobs)
+
+        def build(tmp: Path) -> None:
+            src = model.onnx_path
+            for i, transform in enumerate(chain):
+                dst = tmp / f"step{i}-{transform.name}.onnx"
+                transform.apply(src, dst, deploy, self.task)
+                src = dst
+            shutil.copyfile(src, tmp / "model.onnx")
+            for p in tmp.glob("step*.onnx"):
+                p.unlink()
+
+        return self.cache.entry("deploy", key, build)
+
+    def _evaluate(self, deploy_dir: Path, deploy: DeployConfig) -> tuple[dict[str, float], bool]:
+        key = content_key("evaluate", file_sha256(deploy_dir / "model.onnx"), self.task.name,
+                          self.task.version)
+        cached = self.cache.read_json("evaluations", key)
+        if cached is not None:
+            return {k: float(v) for k, v in cached.items()}, True
+        quality = self.task.evaluate(deploy_dir / "model.onnx")
+        self.cache.write_json("evaluations", key, quality)
+        return quality, False
+
+    def _measure(self, deployable: Path, deploy: DeployConfig) -> tuple[LatencyStats, bool]:
+        session = deploy.session()
+        shapes = self.task.input_shapes(deploy.batch_size)
+        key = content_key("measure", file_sha256(deployable), self.profile.name, self.profile.version,
+                          session.key(), shapes, self.precision_target)
+        cached = self.cache.read_json("measurements", key)
+        if cached is not None:
+            return LatencyStats.model_validate(cached), True
+        request = MeasureRequest(model_path=deployable, session=session, shapes=shapes,
+                                 precision_target=self.precision_target, max_time_s=self.max_measure_s)
+        stats = self.device.measure(request)
+        self.cache.write_json("measurements", key, stats.model_dump(mode="json"))
+        return stats, False
+
+
+def _normalise_artifact(artifact: ModelArtifact, folder: Path) -> None:
+    """Store a task's output under the cache's fixed names (model.onnx, model.pt)."""
+    if artifact.onnx_path != folder / "model.onnx":
+        shutil.move(artifact.onnx_path, folder / "model.onnx")
+    if artifact.checkpoint_path is not None and artifact.checkpoint_path != folder / "model.pt":
+        shutil.move(artifact.checkpoint_path, folder / "model.pt")
+
+
+def _artifact_in(folder: Path) -> ModelArtifact:
+    ckpt = folder / "model.pt"
+    return ModelArtifact(onnx_path=folder / "model.onnx", checkpoint_path=ckpt if ckpt.exists() else None)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] += time.perf_counter() - t0

@@ -1,0 +1,117 @@
+"""`run_search`: everything `edge-search run` does, as one function with typed options."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_search.cache import ArtifactCache
+from edge_search.devices.profile import DeviceProfile, get_profile
+from edge_search.errors import EdgeSearchError, InputError
+from edge_search.pareto import ParetoPoint, pareto_points
+from edge_search.pipeline import STAGES, Pipeline
+from edge_search.progress import RunProgress
+from edge_search.space import SearchSpace, load_space
+from edge_search.study import StudySession, make_storage
+from edge_search.tasks import create_task
+from edge_search.tracking import Tracker
+
+
+@dataclass
+class RunOptions:
+    device: str = "host"
+    space: str | None = None
+    trials: int = 30
+    study: str | None = None
+    storage: str | None = None
+    sampler: str = "tpe"
+    seed: int = 0
+    tracking_uri: str | None = None
+    cache_dir: Path = Path(".edge-search/cache")
+    profiles: list[Path] = field(default_factory=list)
+    precision_target: float = 0.02
+    max_measure_s: float = 5.0
+
+
+@dataclass
+class RunSummary:
+    study: str
+    complete: int
+    front: list[ParetoPoint]
+    wall_s: float
+    stage_s: dict[str, float]
+    """Time this process spent in each pipeline stage, plus `other` (platform overhead)."""
+    redone: list[int]
+    feasible: bool
+
+
+def default_study_name(space: SearchSpace, device: str) -> str:
+    return f"{space.name}-{device}"
+
+
+def open_device(profile: DeviceProfile):  # type: ignore[no-untyped-def]
+    from edge_search.devices import create_device
+
+    return create_device(profile)
+
+
+def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: ignore[no-untyped-def]
+    """Open or resume the study and evaluate trials until `opts.trials` have finished."""
+    if opts.trials < 1:
+        raise InputError("--trials must be at least 1")
+    t0 = time.perf_counter()
+    space = load_space(opts.space)
+    profile = get_profile(opts.device, opts.profiles)
+    task = create_task(space.task.name, space.task.options)
+    for name in space.train:
+        if name not in task.train_knobs:
+            raise InputError(f"{opts.space or space.name}: train.{name}: unknown train knob for task "
+                             f"'{task.name}' (known: {', '.join(task.train_knobs)})")
+    storage = make_storage(opts.storage)
+    tracker = Tracker(opts.tracking_uri)
+    session = StudySession(space=space, device=opts.device, profile_version=profile.version,
+                           study_name=opts.study or default_study_name(space, opts.device), storage=storage,
+                           sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
+    device = open_device(profile)
+    pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
+                        precision_target=opts.precision_target, max_measure_s=opts.max_measure_s)
+    redone = session.recover_orphans()
+    session.update_front(full=True)
+    stage_before = _stage_totals(session)
+    complete = False
+    try:
+        with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
+            if redone:
+                progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
+            from edge_search.drivers.optuna import run_optuna
+
+            run_optuna(session, pipeline, opts.trials, progress)
+        complete = True
+    finally:
+        device.close()
+        session.finish(complete)
+    wall = time.perf_counter() - t0
+    stages = {k: v - stage_before.get(k, 0.0) for k, v in _stage_totals(session).items()}
+    stages["other"] = max(0.0, wall - sum(stages.values()))
+    front = pareto_points(session.study)
+    feasible = bool(front)
+    if not feasible and space.constraints:
+        constraints = "; ".join(str(c) for c in space.constraints)
+        raise EdgeSearchError(f"no trial of study '{session.name}' met the constraints ({constraints}); "
+                              f"{session.n_complete()} finished trials are kept")
+    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible)
+
+
+def _stage_totals(session: StudySession) -> dict[str, float]:
+    from edge_search.study import Owner
+
+    me = Owner.me()
+    totals = dict.fromkeys(STAGES, 0.0)
+    for t in session.study.get_trials(deepcopy=False):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("pid") != me.pid or owner.get("host") != me.host:
+            continue
+        for k, v in (t.user_attrs.get("timings") or {}).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return totals
