@@ -20,6 +20,9 @@ from edge_search.errors import EdgeSearchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "search training + deployment knobs and log the Pareto front"),
     "pareto": ("pareto", "print a study's feasible Pareto set"),
+    "devices": ("devices", "list device profiles (built-in and --profiles)"),
+    "calibrate": ("calibrate", "fit a device profile's calibration (host: measure the reference suite)"),
+    "predict": ("predict", "predict a model's latency on a device profile, with its interval"),
     "measure": ("measure", "measure one ONNX model's latency on a device"),
 }
 

@@ -214,13 +214,18 @@ class SearchSpace(_Strict):
             raise ValueError(f"schema_version {v} is not supported (this edge-search reads {SPACE_SCHEMA_VERSION})")
         return v
 
-    @model_validator(mode="after")
-    def _check(self) -> SearchSpace:
+    @field_validator("deploy")
+    @classmethod
+    def _known_deploy_knobs(cls, v: dict[str, KnobSpec]) -> dict[str, KnobSpec]:
         from edge_search.config import DEPLOY_KNOBS
 
-        for name in self.deploy:
+        for name in v:
             if name not in DEPLOY_KNOBS:
                 raise ValueError(f"unknown deploy knob '{name}' (known: {', '.join(DEPLOY_KNOBS)})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpace:
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ValueError("an objective is listed twice")

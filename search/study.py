@@ -27,7 +27,7 @@ from edge_search.errors import InputError
 from edge_search.pareto import OBJECTIVES_ATTR, front_trials
 from edge_search.pipeline import TrialResult
 from edge_search.space import SearchSpace
-from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker, experiment_name
+from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker, absolute_sqlite, experiment_name
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
     url = url or DEFAULT_STORAGE
     if "://" not in url:
         raise InputError(f"--storage '{url}' is not a database URL (e.g. sqlite:///edge-search.db)")
+    url = absolute_sqlite(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}

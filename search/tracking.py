@@ -28,11 +28,20 @@ def experiment_name(space_name: str, device: str) -> str:
     return f"edge-search/{space_name}/{device}"
 
 
+def absolute_sqlite(url: str) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////abs/rel.db`, so the store does not move with the working
+    directory (Ray changes it in trials; MLflow caches one engine per URI string)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
 class Tracker:
     """Writes a study's runs to MLflow; every method takes explicit ids."""
 
     def __init__(self, tracking_uri: str | None = None) -> None:
-        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
+        self.tracking_uri = absolute_sqlite(tracking_uri or DEFAULT_TRACKING_URI)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     # -- experiment and parent run ---------------------------------------------------------------

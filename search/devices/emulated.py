@@ -81,9 +81,13 @@ class HostBreakdown:
         return sum(c.host_ms for c in self.classes)
 
 
-def breakdown_from_nodes(model_path: Path, nodes: Iterable[Any], runs: int,
-                         shapes: dict[str, tuple[int, ...]] | None = None,
-                         peak_memory_mb: float | None = None) -> HostBreakdown:
+def breakdown_from_nodes(
+    model_path: Path,
+    nodes: Iterable[Any],
+    runs: int,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    peak_memory_mb: float | None = None,
+) -> HostBreakdown:
     """Sum `NodeTiming`s (``name, op_type, mean_us, count``) per (precision, class)."""
     g = load_graph(model_path, shapes)
     acc: dict[tuple[str, str], list[float]] = {}
@@ -122,15 +126,20 @@ def _target_precision(target: DeviceProfile, prec: str, gpu: bool, warnings: lis
     if has:
         return prec
     if prec == "fp16":
-        warnings.append(f"{target.name}: no fp16 calibration on the {'GPU' if gpu else 'CPU'} path; "
-                        "fp16 nodes carried with the fp32 rates")
+        warnings.append(
+            f"{target.name}: no fp16 calibration on the {'GPU' if gpu else 'CPU'} path; "
+            "fp16 nodes carried with the fp32 rates"
+        )
         return "fp32"
-    raise InputError(f"device '{target.name}' has no {prec} calibration on its {'GPU' if gpu else 'CPU'} "
-                     f"path (precisions: {', '.join(target.precisions)})")
+    raise InputError(
+        f"device '{target.name}' has no {prec} calibration on its {'GPU' if gpu else 'CPU'} "
+        f"path (precisions: {', '.join(target.precisions)})"
+    )
 
 
-def carry(breakdown: HostBreakdown, host: DeviceProfile, target: DeviceProfile, threads: int,
-          gpu: bool = False) -> Carried:
+def carry(
+    breakdown: HostBreakdown, host: DeviceProfile, target: DeviceProfile, threads: int, gpu: bool = False
+) -> Carried:
     """Carry a host single-thread breakdown to `target` at `threads` intra-op threads."""
     cal = target.calibration
     warnings: list[str] = []
@@ -151,8 +160,13 @@ def carry(breakdown: HostBreakdown, host: DeviceProfile, target: DeviceProfile, 
         speedup = 1.0 if gpu else cal.speedup(threads, prec, ct.op_class)
         t = ct.host_ms * ratio / speedup
         total += t
-        out[f"{ct.precision}.{ct.op_class}"] = {"host_ms": ct.host_ms, "target_ms": t, "ratio": ratio,
-                                                "speedup": speedup, "nodes": float(ct.nodes)}
+        out[f"{ct.precision}.{ct.op_class}"] = {
+            "host_ms": ct.host_ms,
+            "target_ms": t,
+            "ratio": ratio,
+            "speedup": speedup,
+            "nodes": float(ct.nodes),
+        }
     overhead = cal.overhead_ms(gpu)
     return Carried(total + overhead, out, overhead, list(dict.fromkeys(warnings)))
 
@@ -161,8 +175,9 @@ def _band(target: DeviceProfile, gpu: bool) -> tuple[float, str | None]:
     cal = target.calibration
     band = cal.error_band_gpu if gpu and cal.error_band_gpu is not None else cal.error_band
     if band is None:
-        return DEFAULT_ERROR_BAND, (f"{target.name}: no calibrated error band; interval is ±"
-                                    f"{DEFAULT_ERROR_BAND:.0%} by default")
+        return DEFAULT_ERROR_BAND, (
+            f"{target.name}: no calibrated error band; interval is ±{DEFAULT_ERROR_BAND:.0%} by default"
+        )
     return band.value, None
 
 
@@ -173,8 +188,13 @@ def _host_info() -> HostInfo:
         ort_version = ort.__version__
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
         ort_version = ""
-    return HostInfo(hostname=socket.gethostname(), cpu_model=_cpu_model(), platform=platform.platform(),
-                    ort_version=ort_version, python=platform.python_version())
+    return HostInfo(
+        hostname=socket.gethostname(),
+        cpu_model=_cpu_model(),
+        platform=platform.platform(),
+        ort_version=ort_version,
+        python=platform.python_version(),
+    )
 
 
 def _cpu_model() -> str:
@@ -192,8 +212,15 @@ def wants_gpu(target: DeviceProfile, knobs: SessionKnobs) -> bool:
     return any(p in target.gpu_providers for p in knobs.providers)
 
 
-def _stats(target: DeviceProfile, carried: Carried, knobs: SessionKnobs, gpu: bool, method: str,
-           peak_memory_mb: float | None, extra_warnings: list[str]) -> LatencyStats:
+def _stats(
+    target: DeviceProfile,
+    carried: Carried,
+    knobs: SessionKnobs,
+    gpu: bool,
+    method: str,
+    peak_memory_mb: float | None,
+    extra_warnings: list[str],
+) -> LatencyStats:
     band, band_warning = _band(target, gpu)
     m = carried.median_ms
     warnings = [*extra_warnings, *carried.warnings, TAIL_WARNING]
@@ -201,9 +228,11 @@ def _stats(target: DeviceProfile, carried: Carried, knobs: SessionKnobs, gpu: bo
         warnings.append(band_warning)
     fits = None if peak_memory_mb is None else peak_memory_mb <= target.usable_memory_mb
     if fits is False:
-        warnings.append(f"peak memory {peak_memory_mb:.0f} MB exceeds the {target.usable_memory_mb:.0f} MB "
-                        f"usable on {target.name} (RAM {target.memory.ram_mb:.0f} MB less "
-                        f"{target.memory.reserve_mb:.0f} MB reserve): infeasible")
+        warnings.append(
+            f"peak memory {peak_memory_mb:.0f} MB exceeds the {target.usable_memory_mb:.0f} MB "
+            f"usable on {target.name} (RAM {target.memory.ram_mb:.0f} MB less "
+            f"{target.memory.reserve_mb:.0f} MB reserve): infeasible"
+        )
     cal = target.calibration
     extra: dict[str, Any] = {
         "method": method,
@@ -223,25 +252,44 @@ def _stats(target: DeviceProfile, carried: Carried, knobs: SessionKnobs, gpu: bo
     if target.power is not None:
         extra["energy_mj_at_tdp"] = target.power.tdp_w * m
     return LatencyStats(
-        source="emulated", device=target.name, median_ms=m, p90_ms=m, p95_ms=m, p99_ms=m, mean_ms=m,
-        stdev_ms=0.0, cv=0.0, ci_low_ms=m / (1.0 + band), ci_high_ms=m * (1.0 + band),
-        stop_reason="predicted", peak_memory_mb=peak_memory_mb or 0.0, knobs=knobs.model_dump(mode="json"),
-        host=_host_info(), warnings=tuple(dict.fromkeys(warnings)), extra=extra)
+        source="emulated",
+        device=target.name,
+        median_ms=m,
+        p90_ms=m,
+        p95_ms=m,
+        p99_ms=m,
+        mean_ms=m,
+        stdev_ms=0.0,
+        cv=0.0,
+        ci_low_ms=m / (1.0 + band),
+        ci_high_ms=m * (1.0 + band),
+        stop_reason="predicted",
+        peak_memory_mb=peak_memory_mb or 0.0,
+        knobs=knobs.model_dump(mode="json"),
+        host=_host_info(),
+        warnings=tuple(dict.fromkeys(warnings)),
+        extra=extra,
+    )
 
 
 def check_knobs(target: DeviceProfile, knobs: SessionKnobs) -> list[str]:
     """Refuse knobs the target cannot run; return warnings for knobs the emulator does not model."""
     bad = [p for p in knobs.providers if p not in target.execution_providers]
     if bad:
-        raise InputError(f"execution provider(s) {', '.join(bad)} not offered by device '{target.name}' "
-                         f"(it has {', '.join(target.execution_providers)})")
+        raise InputError(
+            f"execution provider(s) {', '.join(bad)} not offered by device '{target.name}' "
+            f"(it has {', '.join(target.execution_providers)})"
+        )
     if knobs.intra_op_threads > target.cpu.cores:
-        raise InputError(f"intra-op threads {knobs.intra_op_threads} exceed the {target.cpu.cores} cores "
-                         f"of device '{target.name}'")
+        raise InputError(
+            f"intra-op threads {knobs.intra_op_threads} exceed the {target.cpu.cores} cores "
+            f"of device '{target.name}'"
+        )
     warnings = []
     if knobs.inter_op_threads > 1 or knobs.execution_mode == "parallel":
-        warnings.append("emulated: inter-op threads / parallel execution are not modelled "
-                        "(predicted as sequential)")
+        warnings.append(
+            "emulated: inter-op threads / parallel execution are not modelled (predicted as sequential)"
+        )
     return warnings
 
 
@@ -250,9 +298,16 @@ class EmulatedDevice(Device):
 
     latency_source = "emulated"
 
-    def __init__(self, profile: DeviceProfile, host: LocalDevice | None = None, *,
-                 host_profile: DeviceProfile | None = None, profile_runs: int = 10,
-                 measure_memory: bool = True, profile_dirs: Iterable[Path] = ()) -> None:
+    def __init__(
+        self,
+        profile: DeviceProfile,
+        host: LocalDevice | None = None,
+        *,
+        host_profile: DeviceProfile | None = None,
+        profile_runs: int = 10,
+        measure_memory: bool = True,
+        profile_dirs: Iterable[Path] = (),
+    ) -> None:
         """`host` measures on this machine (default: a `LocalDevice` for the built-in 'host'
         profile, created on first use); `host_profile` holds the host's calibrated rates (default:
         `host`'s profile). `profile_runs` runs are profiled per model; `measure_memory` False skips
@@ -288,9 +343,13 @@ class EmulatedDevice(Device):
         path = Path(request.model_path)
         if not path.is_file():
             raise InputError(f"{path}: no such model file")
-        knobs = SessionKnobs(intra_op_threads=1, inter_op_threads=1,
-                             graph_optimization=request.session.graph_optimization,
-                             execution_mode="sequential", providers=("CPUExecutionProvider",))
+        knobs = SessionKnobs(
+            intra_op_threads=1,
+            inter_op_threads=1,
+            graph_optimization=request.session.graph_optimization,
+            execution_mode="sequential",
+            providers=("CPUExecutionProvider",),
+        )
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         key = f"{digest}|{knobs.key()}|{sorted(request.shapes.items())}|{self.measure_memory}"
         if key in self._cache:
@@ -299,9 +358,15 @@ class EmulatedDevice(Device):
         nodes = self.host.profile_nodes(host_req, runs=self.profile_runs)
         peak = None
         if self.measure_memory:
-            mem_req = host_req.model_copy(update={"max_time_s": 0.5, "min_samples": 3,
-                                                  "precision_target": 0.5, "warmup_min_runs": 1,
-                                                  "warmup_min_s": 0.0})
+            mem_req = host_req.model_copy(
+                update={
+                    "max_time_s": 0.5,
+                    "min_samples": 3,
+                    "precision_target": 0.5,
+                    "warmup_min_runs": 1,
+                    "warmup_min_s": 0.0,
+                }
+            )
             peak = self.host.measure(mem_req).peak_memory_mb
         bd = breakdown_from_nodes(path, nodes, self.profile_runs, dict(request.shapes) or None, peak)
         self._cache[key] = bd
@@ -315,8 +380,10 @@ class EmulatedDevice(Device):
         host = self.host_profile
         ref = host.calibration.reference_host
         if ref and ref != _cpu_model():
-            warnings.append(f"host profile was calibrated on '{ref}', this machine is '{_cpu_model()}': "
-                            "run `edge-search calibrate --device host`")
+            warnings.append(
+                f"host profile was calibrated on '{ref}', this machine is '{_cpu_model()}': "
+                "run `edge-search calibrate --device host`"
+            )
         if bd.unmatched_nodes:
             warnings.append(f"{bd.unmatched_nodes} profiled node(s) could not be matched to the graph")
         carried = carry(bd, host, self.profile, request.session.intra_op_threads, gpu)
@@ -324,8 +391,12 @@ class EmulatedDevice(Device):
         return stats.model_copy(update={"extra": {**stats.extra, "host_profiled_ms": bd.host_ms}})
 
 
-def estimate_graph(model_path: Path, profile: DeviceProfile, knobs: SessionKnobs | None = None,
-                   shapes: dict[str, tuple[int, ...]] | None = None) -> LatencyStats:
+def estimate_graph(
+    model_path: Path,
+    profile: DeviceProfile,
+    knobs: SessionKnobs | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> LatencyStats:
     """Graph-only screen: per-class FLOPs/bytes divided by the target's calibrated rates.
 
     Nothing is executed, so this is fast and blind to how well the runtime handles this graph;
@@ -347,8 +418,10 @@ def estimate_graph(model_path: Path, profile: DeviceProfile, knobs: SessionKnobs
         prec = _target_precision(profile, prec0, gpu, warnings)
         rate = cal.rate(prec, op_class, class_group(op_class), gpu)
         if rate is None:
-            raise InputError(f"device '{profile.name}' has no calibrated rate for {prec}.{op_class}; "
-                             "a graph estimate needs one (run `edge-search calibrate`)")
+            raise InputError(
+                f"device '{profile.name}' has no calibrated rate for {prec}.{op_class}; "
+                "a graph estimate needs one (run `edge-search calibrate`)"
+            )
         speedup = 1.0 if gpu else cal.speedup(knobs.intra_op_threads, prec, op_class)
         t = work / (rate * 1e6) / speedup
         total += t
@@ -358,9 +431,22 @@ def estimate_graph(model_path: Path, profile: DeviceProfile, knobs: SessionKnobs
     stats = _stats(profile, carried, knobs, gpu, "graph", None, [])
     band = 2.0 * stats.extra["error_band"]
     m = stats.median_ms
-    return stats.model_copy(update={"ci_low_ms": m / (1 + band), "ci_high_ms": m * (1 + band),
-                                    "extra": {**stats.extra, "error_band": band}})
+    return stats.model_copy(
+        update={
+            "ci_low_ms": m / (1 + band),
+            "ci_high_ms": m * (1 + band),
+            "extra": {**stats.extra, "error_band": band},
+        }
+    )
 
 
-__all__ = ["ClassTime", "EmulatedDevice", "HostBreakdown", "breakdown_from_nodes", "carry", "check_knobs",
-           "estimate_graph", "wants_gpu"]
+__all__ = [
+    "ClassTime",
+    "EmulatedDevice",
+    "HostBreakdown",
+    "breakdown_from_nodes",
+    "carry",
+    "check_knobs",
+    "estimate_graph",
+    "wants_gpu",
+]

@@ -83,10 +83,11 @@ class LocalDevice(Device):
     def __init__(self, profile: DeviceProfile, *, lease: DeviceLease | None = None,
                  lease_timeout_s: float | None = None, worker_timeout_s: float | None = None,
                  allow_spinning: bool = True, seed: int = 0, warmup_max_s: float = 2.0,
-                 min_measure_s: float = 0.5, python: str | None = None) -> None:
+                 min_measure_s: float = 0.5, nice: int | None = -10, python: str | None = None) -> None:
         """`lease_timeout_s` None waits for the device for ever; `worker_timeout_s` None derives
         a limit from each request (its time cap plus warm-up plus `WORKER_OVERHEAD_S`); the
-        repetition phase lasts at least `min_measure_s` (within the request's time cap)."""
+        repetition phase lasts at least `min_measure_s` (within the request's time cap); `nice` is
+        the scheduling niceness the worker asks for (negative needs privileges; None: inherit)."""
         if profile.latency.method != "local":
             raise InputError(f"device '{profile.name}' has latency.method '{profile.latency.method}', "
                              "not 'local'")
@@ -101,6 +102,7 @@ class LocalDevice(Device):
         self.seed = seed
         self.warmup_max_s = warmup_max_s
         self.min_measure_s = min_measure_s
+        self.nice = nice
         self.python = python or sys.executable
 
     # --- checks --------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class LocalDevice(Device):
                                update={"model_path": Path(request.model_path).resolve()}),
                            cores=self.cores, allow_spinning=self.allow_spinning, seed=self.seed,
                            warmup_max_s=self.warmup_max_s, min_measure_s=self.min_measure_s,
-                           profile_runs=runs)
+                           nice=self.nice, profile_runs=runs)
         return wr.model_dump_json()
 
     def _timeout(self, request: MeasureRequest, extra_s: float = 0.0) -> float:

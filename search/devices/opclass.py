@@ -44,23 +44,95 @@ def class_group(op_class: str) -> Literal["compute", "memory"]:
 
 
 _CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NchwcConv", "ConvTranspose"}
-_GEMM_OPS = {"Gemm", "MatMul", "QGemm", "QLinearMatMul", "MatMulInteger", "FusedMatMul", "FusedGemm",
-             "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "Attention", "MultiHeadAttention",
-             "QAttention", "MatMulNBits", "Einsum"}
-_ELEMENTWISE_OPS = {
-    "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid",
-    "HardSwish", "Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Exp", "Log", "Pow", "Sqrt",
-    "Neg", "Abs", "Softmax", "LogSoftmax", "BatchNormalization", "LayerNormalization",
-    "SkipLayerNormalization", "SimplifiedLayerNormalization", "InstanceNormalization", "Cast",
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
-    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "Where", "Equal", "Min", "Max",
-    "Reciprocal", "Mish", "Swish", "PRelu", "Elu", "Selu", "Softplus", "BiasAdd",
+_GEMM_OPS = {
+    "Gemm",
+    "MatMul",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "FusedMatMul",
+    "FusedGemm",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "Attention",
+    "MultiHeadAttention",
+    "QAttention",
+    "MatMulNBits",
+    "Einsum",
 }
-_INT8_OPS = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger",
-             "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QAttention", "QLinearAdd", "QLinearMul",
-             "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearGlobalAveragePool",
-             "QLinearAveragePool", "QLinearConcat", "QuantizeLinear", "DynamicQuantizeLinear",
-             "DequantizeLinear"}
+_ELEMENTWISE_OPS = {
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Clip",
+    "HardSigmoid",
+    "HardSwish",
+    "Erf",
+    "Gelu",
+    "FastGelu",
+    "BiasGelu",
+    "QuickGelu",
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Softmax",
+    "LogSoftmax",
+    "BatchNormalization",
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "SimplifiedLayerNormalization",
+    "InstanceNormalization",
+    "Cast",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+    "Where",
+    "Equal",
+    "Min",
+    "Max",
+    "Reciprocal",
+    "Mish",
+    "Swish",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "BiasAdd",
+}
+_INT8_OPS = {
+    "QLinearConv",
+    "ConvInteger",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "QAttention",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearSoftmax",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+    "QLinearConcat",
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "DequantizeLinear",
+}
 _ELEM_BYTES = {1: 4, 10: 2, 11: 8, 7: 8, 6: 4, 5: 2, 3: 1, 2: 1, 4: 2, 9: 1, 16: 2}
 
 
@@ -134,8 +206,9 @@ class _Graph:
 
     def dequantized_input(self, node: onnx.NodeProto) -> bool:
         """True when an input of `node` comes from a DequantizeLinear (QDQ int8 graph)."""
-        return any((p := self.producer.get(i)) is not None and p.op_type == "DequantizeLinear"
-                   for i in node.input)
+        return any(
+            (p := self.producer.get(i)) is not None and p.op_type == "DequantizeLinear" for i in node.input
+        )
 
     def match(self, profiled_name: str) -> onnx.NodeProto | None:
         """The original node behind a name from ORT's profile (renamed by fusion or layout passes)."""
@@ -302,5 +375,13 @@ def model_precision(costs: list[NodeCost]) -> NodePrecision:
     return max(by, key=lambda k: by[k]) if by else "fp32"
 
 
-__all__ = ["NodeCost", "OpClass", "class_group", "classify_profiled", "graph_costs", "load_graph",
-           "model_precision", "summarize_costs"]
+__all__ = [
+    "NodeCost",
+    "OpClass",
+    "class_group",
+    "classify_profiled",
+    "graph_costs",
+    "load_graph",
+    "model_precision",
+    "summarize_costs",
+]

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from edge_search.errors import InputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge_search.errors import InputError
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -126,8 +127,10 @@ class Calibration(_Strict):
     def _check(self) -> Calibration:
         for key in self.params:
             if not PARAM_KEY.match(key):
-                raise ValueError(f"unknown calibration parameter '{key}' (expected overhead_ms or "
-                                 f"rate.<fp32|fp16|int8>.<{'|'.join(OP_CLASSES + CLASS_GROUPS)}>)")
+                raise ValueError(
+                    f"unknown calibration parameter '{key}' (expected overhead_ms or "
+                    f"rate.<fp32|fp16|int8>.<{'|'.join(OP_CLASSES + CLASS_GROUPS)}>)"
+                )
         for key in self.thread_scaling_by:
             if not SCALING_KEY.match(key):
                 raise ValueError(f"unknown thread_scaling_by key '{key}'")
@@ -135,11 +138,17 @@ class Calibration(_Strict):
             for n, s in curve.items():
                 if n < 1 or s.value <= 0:
                     raise ValueError(f"thread scaling {n}: {s.value}: need n >= 1 and a positive speed-up")
-        has_numbers = bool(self.params or self.thread_scaling or self.thread_scaling_by or self.error_band
-                           or self.error_band_gpu)
+        has_numbers = bool(
+            self.params
+            or self.thread_scaling
+            or self.thread_scaling_by
+            or self.error_band
+            or self.error_band_gpu
+        )
         if has_numbers and not self.source.strip():
-            raise ValueError("calibration.source is required when the calibration holds numbers "
-                             "(say where they come from)")
+            raise ValueError(
+                "calibration.source is required when the calibration holds numbers (say where they come from)"
+            )
         for key, val in self.params.items():
             if val.value < 0 or (key.startswith(("rate.", "gpu.rate.")) and val.value == 0):
                 raise ValueError(f"calibration parameter '{key}' must be positive")
@@ -221,7 +230,7 @@ def _format_validation(path: str, err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         msg = "unknown field (check the spelling; see device_profiles/host.yaml for the format)"
     elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     return f"{path}: {loc}: {msg}"
 
 

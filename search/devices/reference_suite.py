@@ -59,15 +59,28 @@ HOST_SUITE: tuple[SuiteModel, ...] = (
 
 #: Proxies for the models of the published CSV (name in the CSV -> suite model).
 PUBLISHED_PROXIES: dict[str, SuiteModel] = {
-    **{f"efficientdet-lite{k}": SuiteModel(f"efficientdet-lite{k}", "efficientdet", "efficientdet", res,
-                                           (("width", w), ("depth", d), ("head", h), ("head_layers", n)))
-       for k, res, w, d, h, n in (("0", 320, 1.0, 1.0, 64, 3), ("1", 384, 1.0, 1.1, 88, 4),
-                                  ("2", 448, 1.1, 1.2, 112, 5), ("3", 512, 1.2, 1.4, 160, 6),
-                                  ("3x", 640, 1.2, 1.4, 200, 6), ("4", 640, 1.4, 1.8, 224, 7))},
+    **{
+        f"efficientdet-lite{k}": SuiteModel(
+            f"efficientdet-lite{k}",
+            "efficientdet",
+            "efficientdet",
+            res,
+            (("width", w), ("depth", d), ("head", h), ("head_layers", n)),
+        )
+        for k, res, w, d, h, n in (
+            ("0", 320, 1.0, 1.0, 64, 3),
+            ("1", 384, 1.0, 1.1, 88, 4),
+            ("2", 448, 1.1, 1.2, 112, 5),
+            ("3", 512, 1.2, 1.4, 160, 6),
+            ("3x", 640, 1.2, 1.4, 200, 6),
+            ("4", 640, 1.4, 1.8, 224, 7),
+        )
+    },
     "resnet18": SuiteModel("resnet18-224", "resnet", "resnet", 224, (("layers", (2, 2, 2, 2)),)),
     "resnet34": SuiteModel("resnet34-224", "resnet", "resnet", 224, (("layers", (3, 4, 6, 3)),)),
-    "resnet50": SuiteModel("resnet50-224", "resnet", "resnet", 224,
-                           (("layers", (3, 4, 6, 3)), ("bottleneck", True))),
+    "resnet50": SuiteModel(
+        "resnet50-224", "resnet", "resnet", 224, (("layers", (3, 4, 6, 3)), ("bottleneck", True))
+    ),
     "squeezenet1_0": SuiteModel("squeezenet1_0-224", "squeezenet", "squeezenet", 224, (("version", "1_0"),)),
     "squeezenet1_1": SuiteModel("squeezenet1_1-224", "squeezenet", "squeezenet", 224, (("version", "1_1"),)),
     "densenet121": SuiteModel("densenet121-224", "densenet", "densenet", 224),
@@ -89,33 +102,43 @@ def _torch() -> Any:
     return torch
 
 
-def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architecture, kept together
+def _build(m: SuiteModel) -> Any:
     torch = _torch()
     nn = torch.nn
+    module: Any = nn.Module
     kw = dict(m.kwargs)
 
     def cbr(ci: int, co: int, k: int = 3, s: int = 1, g: int = 1, act: Any = nn.ReLU) -> Any:
         return nn.Sequential(nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(co), act())
 
-    class Basic(nn.Module):  # type: ignore[misc]
+    class Basic(module):  # type: ignore[misc]
         def __init__(self, ci: int, co: int, s: int, bottleneck: bool) -> None:
             super().__init__()
             if bottleneck:
                 mid = co // 4
-                self.body = nn.Sequential(cbr(ci, mid, 1), cbr(mid, mid, 3, s),
-                                          nn.Conv2d(mid, co, 1, bias=False), nn.BatchNorm2d(co))
+                self.body = nn.Sequential(
+                    cbr(ci, mid, 1),
+                    cbr(mid, mid, 3, s),
+                    nn.Conv2d(mid, co, 1, bias=False),
+                    nn.BatchNorm2d(co),
+                )
             else:
-                self.body = nn.Sequential(cbr(ci, co, 3, s), nn.Conv2d(co, co, 3, 1, 1, bias=False),
-                                          nn.BatchNorm2d(co))
-            self.skip = (nn.Sequential(nn.Conv2d(ci, co, 1, s, bias=False), nn.BatchNorm2d(co))
-                         if s != 1 or ci != co else nn.Identity())
+                self.body = nn.Sequential(
+                    cbr(ci, co, 3, s), nn.Conv2d(co, co, 3, 1, 1, bias=False), nn.BatchNorm2d(co)
+                )
+            self.skip = (
+                nn.Sequential(nn.Conv2d(ci, co, 1, s, bias=False), nn.BatchNorm2d(co))
+                if s != 1 or ci != co
+                else nn.Identity()
+            )
 
         def forward(self, x: Any) -> Any:
             return torch.relu(self.body(x) + self.skip(x))
 
-    class MBConv(nn.Module):  # type: ignore[misc]
-        def __init__(self, ci: int, co: int, s: int, e: int, k: int = 3, act: Any = nn.ReLU6,
-                     se: bool = False) -> None:
+    class MBConv(module):  # type: ignore[misc]
+        def __init__(
+            self, ci: int, co: int, s: int, e: int, k: int = 3, act: Any = nn.ReLU6, se: bool = False
+        ) -> None:
             super().__init__()
             mid = ci * e
             layers = [cbr(ci, mid, 1, act=act)] if e != 1 else []
@@ -130,25 +153,34 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             y = self.body(x)
             return x + y if self.res else y
 
-    class SE(nn.Module):  # type: ignore[misc]
+    class SE(module):  # type: ignore[misc]
         def __init__(self, c: int) -> None:
             super().__init__()
-            self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, max(8, c // 4), 1), nn.ReLU(),
-                                   nn.Conv2d(max(8, c // 4), c, 1), nn.Hardsigmoid())
+            self.f = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(c, max(8, c // 4), 1),
+                nn.ReLU(),
+                nn.Conv2d(max(8, c // 4), c, 1),
+                nn.Hardsigmoid(),
+            )
 
         def forward(self, x: Any) -> Any:
             return x * self.f(x)
 
-    class Shuffle(nn.Module):  # type: ignore[misc]
+    class Shuffle(module):  # type: ignore[misc]
         def __init__(self, ci: int, co: int, s: int) -> None:
             super().__init__()
             self.s = s
             half = co // 2
             inp = ci if s == 2 else half
-            self.b2 = nn.Sequential(cbr(inp, half, 1), cbr(half, half, 3, s, g=half, act=nn.Identity),
-                                    cbr(half, half, 1))
-            self.b1 = (nn.Sequential(cbr(ci, ci, 3, s, g=ci, act=nn.Identity), cbr(ci, half, 1))
-                       if s == 2 else nn.Identity())
+            self.b2 = nn.Sequential(
+                cbr(inp, half, 1), cbr(half, half, 3, s, g=half, act=nn.Identity), cbr(half, half, 1)
+            )
+            self.b1 = (
+                nn.Sequential(cbr(ci, ci, 3, s, g=ci, act=nn.Identity), cbr(ci, half, 1))
+                if s == 2
+                else nn.Identity()
+            )
 
         def forward(self, x: Any) -> Any:
             if self.s == 1:
@@ -159,7 +191,7 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             n, c, h, w = out.shape
             return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
 
-    class Fire(nn.Module):  # type: ignore[misc]
+    class Fire(module):  # type: ignore[misc]
         def __init__(self, ci: int, sq: int, ex: int) -> None:
             super().__init__()
             self.sq = nn.Sequential(nn.Conv2d(ci, sq, 1), nn.ReLU())
@@ -170,21 +202,27 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             s = self.sq(x)
             return torch.cat([self.e1(s), self.e3(s)], 1)
 
-    class Dense(nn.Module):  # type: ignore[misc]
+    class Dense(module):  # type: ignore[misc]
         def __init__(self, ci: int, n: int, growth: int = 32) -> None:
             super().__init__()
             self.layers = nn.ModuleList(
-                nn.Sequential(nn.BatchNorm2d(ci + i * growth), nn.ReLU(),
-                              nn.Conv2d(ci + i * growth, 4 * growth, 1, bias=False),
-                              nn.BatchNorm2d(4 * growth), nn.ReLU(),
-                              nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)) for i in range(n))
+                nn.Sequential(
+                    nn.BatchNorm2d(ci + i * growth),
+                    nn.ReLU(),
+                    nn.Conv2d(ci + i * growth, 4 * growth, 1, bias=False),
+                    nn.BatchNorm2d(4 * growth),
+                    nn.ReLU(),
+                    nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
+                )
+                for i in range(n)
+            )
 
         def forward(self, x: Any) -> Any:
             for layer in self.layers:
                 x = torch.cat([x, layer(x)], 1)
             return x
 
-    class Encoder(nn.Module):  # type: ignore[misc]
+    class Encoder(module):  # type: ignore[misc]
         """Post-norm transformer encoder layer with explicit attention (exports as MatMul/Softmax)."""
 
         def __init__(self, d: int, heads: int, ff: int) -> None:
@@ -208,8 +246,15 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
         def ch(c: int) -> int:
             return max(8, int(c * width + 4) // 8 * 8)
 
-        cfg = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
-               (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
+        cfg = [
+            (1, 16, 1, 1, 3),
+            (6, 24, 2, 2, 3),
+            (6, 40, 2, 2, 5),
+            (6, 80, 3, 2, 3),
+            (6, 112, 3, 1, 5),
+            (6, 192, 4, 2, 5),
+            (6, 320, 1, 1, 3),
+        ]
         layers: list[Any] = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
         ci, outs = 32, []
         for i, (e, c, n, s, k) in enumerate(cfg):
@@ -220,20 +265,25 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             outs.append(len(layers))
         return nn.Sequential(*layers), [ci, outs[2], outs[4], outs[6]]
 
-    class Head(nn.Module):  # type: ignore[misc]
+    class Head(module):  # type: ignore[misc]
         """BiFPN-like: 5 levels of separable convs, `n` rounds, then class/box nets."""
 
         def __init__(self, cin: int, c: int, n: int) -> None:
             super().__init__()
             self.inp = cbr(cin, c, 1)
             self.down = nn.ModuleList(cbr(c, c, 3, 2, g=c) for _ in range(4))
-            self.fuse = nn.ModuleList(nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1))
-                                      for _ in range(5 * n))
+            self.fuse = nn.ModuleList(
+                nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(5 * n)
+            )
             reps = 3 if c < 160 else 4
-            self.box = nn.Sequential(*[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1))
-                                       for _ in range(reps)], nn.Conv2d(c, 36, 1))
-            self.cls = nn.Sequential(*[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1))
-                                       for _ in range(reps)], nn.Conv2d(c, 810, 1))
+            self.box = nn.Sequential(
+                *[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(reps)],
+                nn.Conv2d(c, 36, 1),
+            )
+            self.cls = nn.Sequential(
+                *[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(reps)],
+                nn.Conv2d(c, 810, 1),
+            )
             self.n = n
 
         def forward(self, x: Any) -> Any:
@@ -257,8 +307,15 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ci, 1000)]
         return nn.Sequential(*layers)
     if a in ("mobilenetv2", "ssd_mobilenetv2"):
-        cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-               (6, 320, 1, 1)]
+        cfg = [
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        ]
         layers = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
         ci = 32
         for e, c, n, s in cfg:
@@ -267,23 +324,41 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
                 ci = c
         layers.append(cbr(ci, 1280, 1, act=nn.ReLU6))
         if a == "ssd_mobilenetv2":
-            extra = [nn.Sequential(cbr(1280 if i == 0 else 256, 128, 1, act=nn.ReLU6),
-                                   cbr(128, 128, 3, 2, g=128, act=nn.ReLU6), cbr(128, 256, 1, act=nn.ReLU6))
-                     for i in range(4)]
+            extra = [
+                nn.Sequential(
+                    cbr(1280 if i == 0 else 256, 128, 1, act=nn.ReLU6),
+                    cbr(128, 128, 3, 2, g=128, act=nn.ReLU6),
+                    cbr(128, 256, 1, act=nn.ReLU6),
+                )
+                for i in range(4)
+            ]
             head = nn.Sequential(cbr(256, 256, 3, g=256, act=nn.ReLU6), nn.Conv2d(256, 6 * 95, 1))
             return nn.Sequential(*layers, *extra, head, nn.Flatten())
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
         return nn.Sequential(*layers)
     if a == "mobilenetv3":
         hs = nn.Hardswish
-        cfg = [(16, 16, 2, 1, 3, True, nn.ReLU), (16, 24, 2, 4, 3, False, nn.ReLU), (24, 24, 1, 4, 3, False, nn.ReLU),
-               (24, 40, 2, 4, 5, True, hs), (40, 40, 1, 6, 5, True, hs), (40, 48, 1, 3, 5, True, hs),
-               (48, 96, 2, 6, 5, True, hs), (96, 96, 1, 6, 5, True, hs)]
+        cfg3: list[tuple[Any, ...]] = [
+            (16, 16, 2, 1, 3, True, nn.ReLU),
+            (16, 24, 2, 4, 3, False, nn.ReLU),
+            (24, 24, 1, 4, 3, False, nn.ReLU),
+            (24, 40, 2, 4, 5, True, hs),
+            (40, 40, 1, 6, 5, True, hs),
+            (40, 48, 1, 3, 5, True, hs),
+            (48, 96, 2, 6, 5, True, hs),
+            (96, 96, 1, 6, 5, True, hs),
+        ]
         layers = [cbr(3, 16, 3, 2, act=hs)]
-        for ci, co, s, e, k, se, act in cfg:
+        for ci, co, s, e, k, se, act in cfg3:
             layers.append(MBConv(ci, co, s, e, k, act, se))
-        layers += [cbr(96, 576, 1, act=hs), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(576, 1024),
-                   hs(), nn.Linear(1024, 1000)]
+        layers += [
+            cbr(96, 576, 1, act=hs),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(576, 1024),
+            hs(),
+            nn.Linear(1024, 1000),
+        ]
         return nn.Sequential(*layers)
     if a == "shufflenetv2":
         layers = [cbr(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
@@ -296,21 +371,48 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
         return nn.Sequential(*layers)
     if a == "squeezenet":
         if kw["version"] == "1_0":
-            layers = [nn.Conv2d(3, 96, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      Fire(96, 16, 64), Fire(128, 16, 64), Fire(128, 32, 128), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      Fire(256, 32, 128), Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256),
-                      nn.MaxPool2d(3, 2, ceil_mode=True), Fire(512, 64, 256)]
+            layers = [
+                nn.Conv2d(3, 96, 7, 2),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(96, 16, 64),
+                Fire(128, 16, 64),
+                Fire(128, 32, 128),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(256, 32, 128),
+                Fire(256, 48, 192),
+                Fire(384, 48, 192),
+                Fire(384, 64, 256),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(512, 64, 256),
+            ]
         else:
-            layers = [nn.Conv2d(3, 64, 3, 2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      Fire(64, 16, 64), Fire(128, 16, 64), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      Fire(128, 32, 128), Fire(256, 32, 128), nn.MaxPool2d(3, 2, ceil_mode=True),
-                      Fire(256, 48, 192), Fire(384, 48, 192), Fire(384, 64, 256), Fire(512, 64, 256)]
+            layers = [
+                nn.Conv2d(3, 64, 3, 2),
+                nn.ReLU(),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(64, 16, 64),
+                Fire(128, 16, 64),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(128, 32, 128),
+                Fire(256, 32, 128),
+                nn.MaxPool2d(3, 2, ceil_mode=True),
+                Fire(256, 48, 192),
+                Fire(384, 48, 192),
+                Fire(384, 64, 256),
+                Fire(512, 64, 256),
+            ]
         layers += [nn.Conv2d(512, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         return nn.Sequential(*layers)
     if a == "efficientnet":
         body, chans = effnet_lite()
-        return nn.Sequential(body, cbr(chans[0], 1280, 1, act=nn.ReLU6), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             nn.Linear(1280, 1000))
+        return nn.Sequential(
+            body,
+            cbr(chans[0], 1280, 1, act=nn.ReLU6),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(1280, 1000),
+        )
     if a == "efficientdet":
         body, chans = effnet_lite(kw["width"], kw["depth"])
         return nn.Sequential(body, Head(chans[0], kw["head"], kw["head_layers"]))
@@ -322,8 +424,14 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             else:
                 layers += [nn.Conv2d(ci, int(v), 3, padding=1), nn.ReLU()]
                 ci = int(v)
-        layers += [nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                   nn.Linear(4096, 1000)]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            nn.Linear(4096, 1000),
+        ]
         return nn.Sequential(*layers)
     if a == "densenet":
         layers, ci = [cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)], 64
@@ -331,7 +439,12 @@ def _build(m: SuiteModel) -> Any:  # noqa: C901 - one small builder per architec
             layers.append(Dense(ci, n))
             ci += 32 * n
             if i < 3:
-                layers += [nn.BatchNorm2d(ci), nn.ReLU(), nn.Conv2d(ci, ci // 2, 1, bias=False), nn.AvgPool2d(2)]
+                layers += [
+                    nn.BatchNorm2d(ci),
+                    nn.ReLU(),
+                    nn.Conv2d(ci, ci // 2, 1, bias=False),
+                    nn.AvgPool2d(2),
+                ]
                 ci //= 2
         layers += [nn.BatchNorm2d(ci), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ci, 1000)]
         return nn.Sequential(*layers)
@@ -354,8 +467,14 @@ def export(m: SuiteModel, cache_dir: Path = DEFAULT_CACHE, precision: str = "fp3
         net = _build(m).eval()
         tmp = fp32.with_suffix(".tmp.onnx")
         with torch.no_grad():
-            torch.onnx.export(net, torch.randn(*m.input_shape), str(tmp), input_names=["input"],
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                net,
+                torch.randn(*m.input_shape),
+                str(tmp),
+                input_names=["input"],
+                opset_version=17,
+                dynamo=False,
+            )
         tmp.replace(fp32)
     if precision == "fp32":
         return fp32
@@ -371,8 +490,13 @@ def _quantize(m: SuiteModel, src: Path, dst: Path) -> None:
     import logging
 
     import numpy as np
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about pre-processing on root
     tmp = dst.with_suffix(".tmp.onnx")
@@ -391,14 +515,24 @@ def _quantize(m: SuiteModel, src: Path, dst: Path) -> None:
                 self.left -= 1
                 return {"input": rng.standard_normal(m.input_shape).astype(np.float32)}
 
-        quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_static(
+            str(src),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     tmp.replace(dst)
 
 
-def build_all(models: tuple[SuiteModel, ...] = HOST_SUITE, cache_dir: Path = DEFAULT_CACHE,
-              precisions: tuple[str, ...] = ("fp32", "int8"),
-              progress: Callable[[str], None] | None = None) -> dict[tuple[str, str], Path]:
+def build_all(
+    models: tuple[SuiteModel, ...] = HOST_SUITE,
+    cache_dir: Path = DEFAULT_CACHE,
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+    progress: Callable[[str], None] | None = None,
+) -> dict[tuple[str, str], Path]:
     """Export every model at every precision; returns (name, precision) -> path."""
     out = {}
     for m in models:
@@ -409,4 +543,12 @@ def build_all(models: tuple[SuiteModel, ...] = HOST_SUITE, cache_dir: Path = DEF
     return out
 
 
-__all__ = ["DEFAULT_CACHE", "HOST_SUITE", "PUBLISHED_PROXIES", "SuiteModel", "build_all", "export", "proxy_for"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "HOST_SUITE",
+    "PUBLISHED_PROXIES",
+    "SuiteModel",
+    "build_all",
+    "export",
+    "proxy_for",
+]

@@ -58,8 +58,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep the tests' device leases out of the user's cache (shared by this session's tests)."""
+def _private_lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tests take leases in a lock folder of their own (shared by this test session).
+
+    Hermetic and fast: they never queue behind a real measurement (a calibration) on this machine.
+    The price: their workers may overlap with such a measurement and disturb it.
+    """
     d = tmp_path_factory.getbasetemp() / "locks"
     monkeypatch.setenv("EDGE_SEARCH_LOCK_DIR", str(d))
     return d

@@ -1,0 +1,109 @@
+"""`edge-search predict`: predicted latency of an ONNX model on a device profile, with its interval."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Add the command's arguments."""
+    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("--device", required=True, help="device profile name (see `edge-search devices`)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads on the target (default 1)")
+    p.add_argument(
+        "--provider",
+        action="append",
+        default=None,
+        help="execution provider on the target (repeatable; e.g. CUDAExecutionProvider for a GPU path)",
+    )
+    p.add_argument(
+        "--graph-only",
+        action="store_true",
+        help="graph-only estimate from FLOPs/bytes (nothing executed; a wider interval)",
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="concrete shape for an input with dynamic dimensions (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the LatencyStats JSON")
+    p.add_argument(
+        "--profiles",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra device profile file or folder (repeatable)",
+    )
+
+
+def _shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    from edge_search.errors import InputError
+
+    out = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise InputError(f"--shape {item!r}: expected NAME=D0,D1,... with integer dimensions") from None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict and print; exit 2 on bad input (unknown device, missing model, impossible knobs)."""
+    from edge_search.devices.base import MeasureRequest, SessionKnobs
+    from edge_search.devices.emulated import EmulatedDevice, estimate_graph
+    from edge_search.devices.profile import get_profile
+    from edge_search.errors import InputError
+
+    profile = get_profile(args.device, args.profiles)
+    if not args.model.is_file():
+        raise InputError(f"{args.model}: no such model file")
+    if args.threads < 1:
+        raise InputError("--threads must be at least 1")
+    providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
+    knobs = SessionKnobs(intra_op_threads=args.threads, providers=providers)
+    shapes = _shapes(args.shape)
+    if args.graph_only:
+        stats = estimate_graph(args.model, profile, knobs, shapes or None)
+    else:
+        if profile.latency.method != "emulated":
+            from edge_search.devices import create_device
+
+            device = create_device(profile)
+            stats = device.measure(MeasureRequest(model_path=args.model, session=knobs, shapes=shapes))
+        else:
+            dev = EmulatedDevice(profile, profile_dirs=args.profiles)
+            stats = dev.measure(MeasureRequest(model_path=args.model, session=knobs, shapes=shapes))
+    if args.json:
+        print(stats.to_json())
+        return 0
+    kind = {"graph": "graph-only estimate", "profile": "prediction"}.get(
+        stats.extra.get("method", ""), "measured"
+    )
+    print(
+        f"{args.model.name} on {profile.name} ({kind}, {stats.source}; {args.threads} thread(s)): "
+        f"{stats.median_ms:.2f} ms  [{stats.ci_low_ms:.2f}, {stats.ci_high_ms:.2f}]"
+    )
+    ex = stats.extra
+    if "breakdown" in ex:
+        parts = sorted(ex["breakdown"].items(), key=lambda kv: -kv[1]["target_ms"])
+        print("  by class: " + ", ".join(f"{k} {v['target_ms']:.2f} ms" for k, v in parts[:6]))
+        print(
+            f"  overhead {ex.get('overhead_ms', 0):.2f} ms; "
+            f"profile {ex.get('profile')} v{ex.get('profile_version')}"
+            f"; {ex.get('calibration_note') or 'no calibration note'}"
+        )
+    if ex.get("fits_memory") is not None:
+        print(
+            f"  peak memory {stats.peak_memory_mb:.0f} MB of {ex['usable_memory_mb']:.0f} MB usable: "
+            f"{'fits' if ex['fits_memory'] else 'DOES NOT FIT'}"
+        )
+    for w in stats.warnings:
+        print(f"  warning: {w}")
+    return 0

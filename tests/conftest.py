@@ -1,0 +1,53 @@
+"""Shared fixtures: every test that runs a study works in its own temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory: the default SQLite stores and the cache land here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGE_SEARCH_LOCK_DIR", str(tmp_path / "locks"))
+    return tmp_path
+
+
+@pytest.fixture()
+def small_space(tmp_path: Path) -> Path:
+    """A quick digits space: short training, a few deploy knobs, three objectives."""
+    p = tmp_path / "small.yaml"
+    p.write_text(SMALL_SPACE)
+    return p
+
+
+SMALL_SPACE = """\
+schema_version: 1
+name: digits-small
+task: digits-cnn
+train:
+  lr: {low: 0.005, high: 0.03, log: true}
+  epochs: {low: 4, high: 8}
+  width: {choices: [0.5, 1.0]}
+  depth: {low: 1, high: 2}
+deploy:
+  precision: {choices: [fp32, int8-dynamic, int8-static]}
+  calibration_method: {choices: [minmax, percentile], when: {precision: int8-static}}
+  sparsity: {choices: [0.0, 0.5]}
+  intra_op_threads: {low: 1, high: cores}
+objectives:
+  - accuracy: maximize
+  - latency_ms: minimize
+  - size_mb: minimize
+constraints:
+  - accuracy >= 0.5
+"""
+
+FAST_MEASURE = ["--max-measure-time", "1", "--precision-target", "0.05"]
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,188 @@
+"""`edge-search run` end to end: real training, real ONNX Runtime, real SQLite Optuna and MLflow stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from edge_search.cli import main
+from edge_search.pareto import dominates
+from edge_search.tracking import absolute_sqlite
+from tests.conftest import FAST_MEASURE
+
+pytestmark = pytest.mark.slow
+
+
+def _child_runs(tracking_uri: str, study: str) -> list:  # type: ignore[type-arg]
+    client = MlflowClient(absolute_sqlite(tracking_uri))
+    parent = optuna.load_study(study_name=study, storage="sqlite:///edge-search.db").user_attrs[
+        "mlflow_parent_run_id"]
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+
+
+def _assert_pareto_tags_match_dominance(study_name: str) -> None:
+    study = optuna.load_study(study_name=study_name, storage="sqlite:///edge-search.db")
+    names = study.user_attrs["objectives"]
+    dirs = ["maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
+    runs = _child_runs("sqlite:///mlflow.db", study_name)
+    done = [r for r in runs if r.data.tags["trial_state"] == "COMPLETE"]
+    feasible = [r for r in done if r.data.tags["feasible"] == "true"]
+    for r in done:
+        vec = [r.data.metrics[n] for n in names]
+        dominated = any(dominates([o.data.metrics[n] for n in names], vec, dirs) for o in feasible if o is not r)
+        want = r.data.tags["feasible"] == "true" and not dominated
+        assert r.data.tags["pareto"] == ("true" if want else "false"), (r.data.tags, vec)
+        if want:  # front runs carry their ONNX model
+            arts = MlflowClient(absolute_sqlite("sqlite:///mlflow.db")).list_artifacts(r.info.run_id, "model")
+            assert [a.path for a in arts] == ["model/model.onnx"]
+
+
+def test_run_logs_trials_front_and_pareto_json(workdir: Path, small_space: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--space", str(small_space), "--trials", "6", "--sampler", "random", *FAST_MEASURE])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "study digits-small-host: 6 finished trials" in out
+    study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 6
+    assert max(t.values[0] for t in complete) >= 0.95  # accuracy on the held-out test split
+
+    # one child run per trial, each with params, metrics, latency source and cache tags
+    runs = _child_runs("sqlite:///mlflow.db", "digits-small-host")
+    numbers = [int(r.data.tags["trial_number"]) for r in runs]
+    assert len(numbers) == len(set(numbers)) == len(study.trials)
+    r0 = next(r for r in runs if r.data.tags["trial_state"] == "COMPLETE")
+    assert r0.data.tags["latency_source"] == "measured"
+    assert {"latency_ms", "latency_p90_ms", "size_mb", "peak_memory_mb", "accuracy"} <= set(r0.data.metrics)
+    assert "cache_hit.train" in r0.data.tags and "deploy.precision" in r0.data.params
+    assert r0.data.metrics["peak_memory_mb"] > 0
+    _assert_pareto_tags_match_dominance("digits-small-host")
+
+    assert main(["pareto", "--study", "digits-small-host", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front and set(front[0]) == {"trial", "params", "values", "mlflow_run_id"}
+    assert set(front[0]["values"]) == {"accuracy", "latency_ms", "size_mb"}
+    by_id = {r.info.run_id: r for r in runs}
+    assert all(by_id[p["mlflow_run_id"]].data.tags["pareto"] == "true" for p in front)
+    # the smallest model is always on the front; with int8 sampled it is an int8 one
+    sizes = {t.number: t.values[2] for t in complete}
+    smallest = min(sizes, key=lambda n: sizes[n])
+    assert smallest in {p["trial"] for p in front} or any(
+        sizes[p["trial"]] == sizes[smallest] for p in front)
+
+    # running again continues the same study (no new trials needed: already 6)
+    assert main(["run", "--space", str(small_space), "--trials", "7", "--sampler", "random", *FAST_MEASURE]) == 0
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 7
+
+
+def test_shared_training_is_cached(workdir: Path, tmp_path: Path) -> None:
+    space = tmp_path / "cache.yaml"
+    space.write_text("""\
+schema_version: 1
+name: cache
+task: digits-cnn
+train: {epochs: 3, width: 0.5, depth: 1}
+deploy:
+  precision: {choices: [fp32, int8-dynamic]}
+objectives: [accuracy, latency_ms]
+""")
+    assert main(["run", "--space", str(space), "--trials", "4", "--sampler", "random", *FAST_MEASURE]) == 0
+    study = optuna.load_study(study_name="cache-host", storage="sqlite:///edge-search.db")
+    hits = [t.user_attrs["cache_hits"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert hits[0]["train"] is False and all(h["train"] for h in hits[1:])
+    assert any(h["measure"] for h in hits[1:])  # same model + knobs: measured once
+    runs = _child_runs("sqlite:///mlflow.db", "cache-host")
+    assert sorted(r.data.tags["cache_hit.train"] for r in runs) == ["false", "true", "true", "true"]
+
+
+def test_constraint_no_trial_meets(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "impossible.yaml"
+    space.write_text("""\
+schema_version: 1
+name: impossible
+task: digits-cnn
+train: {epochs: 2, width: 0.5, depth: 1}
+objectives: [accuracy, latency_ms]
+constraints: ["latency_ms <= 0.00001"]
+""")
+    assert main(["run", "--space", str(space), "--trials", "2", *FAST_MEASURE]) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the one error line
+    assert err[-1] == ("edge-search run: error: no trial of study 'impossible-host' met the constraints "
+                       "(latency_ms <= 1e-05); 2 finished trials are kept")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "toaster"], "unknown device 'toaster'"),
+    (["--space", "missing.yaml"], "missing.yaml: cannot read"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--storage", "nonsense"], "is not a database URL"),
+])
+def test_bad_input_is_one_line_exit_2(workdir: Path, capsys: pytest.CaptureFixture[str],
+                                      args: list[str], message: str) -> None:
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_unknown_train_knob_is_input_error(workdir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    space = tmp_path / "knob.yaml"
+    space.write_text("schema_version: 1\nname: k\ntask: digits-cnn\ntrain: {dropout: 0.1}\n"
+                     "objectives: [accuracy]\n")
+    assert main(["run", "--space", str(space), "--trials", "1"]) == 2
+    assert "train.dropout: unknown train knob for task 'digits-cnn'" in capsys.readouterr().err
+
+
+def test_sigkill_then_rerun_ends_with_exact_count(workdir: Path, small_space: Path) -> None:
+    """Kill -9 mid-run; the rerun ends with exactly N finished trials and one child run per trial."""
+    n = 8
+    cmd = [sys.executable, "-m", "edge_search", "run", "--space", str(small_space), "--trials", str(n),
+           "--sampler", "random", *FAST_MEASURE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 240
+    killed_running = False
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
+            except KeyError:
+                continue
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            if states.count(TrialState.COMPLETE) >= 3 and states[-1] == TrialState.RUNNING:
+                proc.send_signal(signal.SIGKILL)
+                killed_running = True
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed_running, "the run never reached a running trial after 3 finished ones"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr
+    assert "recovered trial(s)" in done.stderr
+    study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "died" in failed[0].user_attrs["fail_reason"]
+    redo = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(redo) == 1 and redo[0].params == failed[0].params and redo[0].state == TrialState.COMPLETE
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    runs = _child_runs("sqlite:///mlflow.db", "digits-small-host")
+    numbers = [int(r.data.tags["trial_number"]) for r in runs]
+    assert len(numbers) == len(set(numbers)) == len(trials)
+    assert {r.info.status for r in runs if int(r.data.tags["trial_number"]) == failed[0].number} == {"FAILED"}
+    _assert_pareto_tags_match_dominance("digits-small-host")

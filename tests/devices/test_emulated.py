@@ -1,0 +1,141 @@
+"""EmulatedDevice and the graph estimate: shape of the prediction, interval, threads, memory, GPU path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_search.devices.base import MeasureRequest, SessionKnobs
+from edge_search.devices.emulated import EmulatedDevice, estimate_graph
+from edge_search.devices.local import NodeTiming
+from edge_search.devices.opclass import graph_costs
+from edge_search.devices.profile import get_profile, parse_profile
+from edge_search.devices.stats import LatencyStats
+from edge_search.errors import InputError
+from tests.devices.tiny_conv import tiny_conv
+
+
+class FakeHost:
+    """Stands in for LocalDevice: fixed per-node times, records what it was asked."""
+
+    def __init__(self, peak_mb: float = 120.0) -> None:
+        self.profile = get_profile("host")
+        self.peak_mb = peak_mb
+        self.profiled: list[MeasureRequest] = []
+
+    def profile_nodes(self, request: MeasureRequest, runs: int = 20) -> list[NodeTiming]:
+        self.profiled.append(request)
+        times = {"conv1": 400.0, "dw": 100.0, "pw": 200.0, "gap": 20.0, "fc": 5.0}
+        return [
+            NodeTiming(
+                name=n,
+                op_type="Gemm" if n == "fc" else "Conv" if n != "gap" else "GlobalAveragePool",
+                mean_us=t,
+                count=runs,
+            )
+            for n, t in times.items()
+        ]
+
+    def measure(self, request: MeasureRequest) -> LatencyStats:
+        return LatencyStats.from_samples([1.0, 1.1, 1.2], device="host", peak_memory_mb=self.peak_mb)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_conv(tmp_path_factory.mktemp("m") / "tiny.onnx")
+
+
+def _req(
+    model: Path, threads: int = 1, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+) -> MeasureRequest:
+    return MeasureRequest(
+        model_path=model, session=SessionKnobs(intra_op_threads=threads, providers=providers)
+    )
+
+
+def test_prediction_is_latency_stats_with_interval_and_breakdown(model: Path) -> None:
+    host = FakeHost()
+    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)  # type: ignore[arg-type]
+    s = dev.measure(_req(model))
+    assert s.source == "emulated" and s.stop_reason == "predicted" and s.samples_ms == ()
+    assert s.ci_low_ms < s.median_ms < s.ci_high_ms
+    band = s.extra["error_band"]
+    assert s.ci_high_ms == pytest.approx(s.median_ms * (1 + band))
+    assert s.extra["profile"] == "raspberry-pi-4" and s.extra["profile_version"]
+    assert s.extra["calibration_note"].startswith("cross-runtime")
+    assert {"fp32.conv_kxk", "fp32.depthwise", "fp32.pointwise", "fp32.gemm"} <= set(s.extra["breakdown"])
+    assert s.extra["fits_memory"] is True and s.peak_memory_mb == 120.0
+    assert s.median_ms > 0.725  # a Pi 4 is slower than this host
+    assert any("tail latency" in w for w in s.warnings)
+    assert dev.latency_source == "emulated"
+
+
+def test_host_is_profiled_at_one_thread_and_target_threads_beyond_host_cores_are_emulated(
+    model: Path,
+) -> None:
+    host = FakeHost()
+    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)  # type: ignore[arg-type]
+    one = dev.measure(_req(model, 1))
+    four = dev.measure(_req(model, 4))  # the host has 2 cores; the Pi 4 has 4
+    assert all(r.session.intra_op_threads == 1 for r in host.profiled)
+    assert len(host.profiled) == 1  # cached by model hash + knobs
+    assert four.median_ms < one.median_ms
+    assert four.knobs["intra_op_threads"] == 4 and four.extra["threads"] == 4
+    with pytest.raises(InputError, match="exceed the 4 cores"):
+        dev.measure(_req(model, 5))
+
+
+def test_memory_that_does_not_fit_is_flagged(model: Path) -> None:
+    small = parse_profile(
+        {
+            "name": "tiny-board",
+            "cpu": {"architecture": "aarch64", "core_type": "A53", "cores": 4, "clock_ghz": 1},
+            "memory": {"ram_mb": 512, "bandwidth_gb_s": 4, "reserve_mb": 448},
+            "latency": {"method": "emulated"},
+            "calibration": get_profile("raspberry-pi-4").calibration.model_dump(),
+        },
+        "test",
+    )
+    s = EmulatedDevice(small, host=FakeHost(peak_mb=100.0)).measure(_req(model))  # type: ignore[arg-type]
+    assert s.extra["fits_memory"] is False and s.extra["device_ram_mb"] == 512
+    assert any("infeasible" in w for w in s.warnings)
+
+
+def test_gpu_path_when_a_gpu_provider_is_asked(model: Path) -> None:
+    dev = EmulatedDevice(get_profile("jetson-nano"), host=FakeHost())  # type: ignore[arg-type]
+    gpu = dev.measure(_req(model, providers=("CUDAExecutionProvider",)))
+    cpu = dev.measure(_req(model))
+    assert gpu.extra["path"] == "gpu" and cpu.extra["path"] == "cpu"
+    assert gpu.extra["error_band"] >= 0.5
+    with pytest.raises(InputError, match="not offered"):
+        EmulatedDevice(get_profile("raspberry-pi-4"), host=FakeHost()).measure(  # type: ignore[arg-type]
+            _req(model, providers=("CUDAExecutionProvider",))
+        )
+
+
+def test_graph_estimate_is_emulated_and_scales_with_work(model: Path, tmp_path: Path) -> None:
+    big = tiny_conv(tmp_path / "big.onnx", size=64)
+    pi = get_profile("raspberry-pi-4")
+    a = estimate_graph(model, pi)
+    b = estimate_graph(big, pi)
+    assert a.source == "emulated" and a.extra["method"] == "graph" and a.stop_reason == "predicted"
+    assert b.median_ms > a.median_ms > 0
+    assert a.ci_low_ms < a.median_ms < a.ci_high_ms
+
+
+def test_node_classes_of_the_tiny_model(model: Path) -> None:
+    classes = {c.name: (c.op_class, c.precision) for c in graph_costs(model)}
+    assert classes["conv1"] == ("conv_kxk", "fp32")
+    assert classes["dw"] == ("depthwise", "fp32")
+    assert classes["pw"] == ("pointwise", "fp32")
+    assert classes["fc"] == ("gemm", "fp32")
+    assert classes["relu1"][0] == "elementwise" and classes["gap"][0] == "other"
+
+
+def test_end_to_end_with_the_real_host(model: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("EDGE_SEARCH_LOCK_DIR", str(tmp_path / "locks"))
+    s = EmulatedDevice(get_profile("raspberry-pi-5"), profile_runs=3).measure(_req(model, 4))
+    assert s.source == "emulated" and s.median_ms > 0 and s.peak_memory_mb > 0
+    assert s.extra["fits_memory"] is True and s.extra["host_profiled_ms"] > 0
