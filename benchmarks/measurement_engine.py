@@ -146,9 +146,18 @@ def size_models(tmp: Path) -> dict[str, Path]:
     return out
 
 
+_HOST: list[DeviceProfile] = []
+
+
 def _host_profile(cores: tuple[int, ...] | None = None) -> DeviceProfile:
-    host = get_profile("host")
-    return host.model_copy(update={"latency": LatencySpec(method="local", cores=cores)})
+    """The shipped ``host`` profile (read once), measuring on `cores` (None: all)."""
+    if not _HOST:
+        _HOST.append(get_profile("host"))
+    return _HOST[0].model_copy(update={"latency": LatencySpec(method="local", cores=cores)})
+
+
+def _contended(s: LatencyStats) -> bool:
+    return any(w.startswith("contended") for w in s.warnings)
 
 
 def _req(path: Path, threads: int, precision: float = 0.01, max_time: float = 5.0) -> MeasureRequest:
@@ -164,22 +173,30 @@ def reproducibility(model: Path, threads: int, runs: int) -> dict[str, Any]:
     dev = LocalDevice(_host_profile())
     stats = [dev.measure(_req(model, threads)) for _ in range(runs)]
     medians = [s.median_ms for s in stats]
+    quiet = [s.median_ms for s in stats if not _contended(s)]
     res = {"threads": threads, "runs": runs, "medians_ms": medians, "cv_of_medians": cv(medians),
+           "uncontended_medians_ms": quiet,
+           "cv_of_uncontended_medians": cv(quiet) if len(quiet) > 1 else None,
+           "others_cpu_pct_per_run": [s.extra.get("others_cpu_pct") for s in stats],
            "within_run_cv": [s.cv for s in stats], "samples": [len(s.samples_ms) for s in stats],
            "stop_reasons": [s.stop_reason for s in stats],
            "warnings": sorted({w for s in stats for w in s.warnings}),
            "steal_pct": [s.host.steal_pct for s in stats]}
     print(f"[reproducibility] threads={threads}: {runs} fresh-process medians "
           f"{min(medians):.4f}..{max(medians):.4f} ms, CV of medians {res['cv_of_medians']:.2%} "
-          f"(within-run CV median {statistics.median(res['within_run_cv']):.1%})", flush=True)
+          f"(within-run CV median {statistics.median(res['within_run_cv']):.1%}); "
+          f"{len(quiet)} runs without a 'contended' warning: CV of their medians "
+          f"{'n/a' if len(quiet) < 2 else format(cv(quiet), '.2%')}", flush=True)
     return res
 
 
 def overhead(model: Path, threads: int, rounds: int) -> dict[str, Any]:
     dev = LocalDevice(_host_profile())
-    engine, bare = [], []
+    engine, bare, contended = [], [], []
     for _ in range(rounds):
-        engine.append(dev.measure(_req(model, threads)).median_ms)
+        s = dev.measure(_req(model, threads))
+        engine.append(s.median_ms)
+        contended.append(_contended(s))
         bare.append(bare_loop(model, threads))
     ratio = statistics.median(engine) / statistics.median(bare)
     per_round = [e / b for e, b in zip(engine, bare, strict=True)]
@@ -187,7 +204,7 @@ def overhead(model: Path, threads: int, rounds: int) -> dict[str, Any]:
           f"{statistics.median(bare):.4f} ms over {rounds} interleaved rounds: ratio {ratio:.4f} "
           f"(per round {', '.join(f'{r:.3f}' for r in per_round)})", flush=True)
     return {"threads": threads, "rounds": rounds, "engine_ms": engine, "bare_ms": bare, "ratio": ratio,
-            "per_round_ratio": per_round}
+            "per_round_ratio": per_round, "engine_contended": contended}
 
 
 def time_to_precision(model: Path, runs: int) -> dict[str, Any]:
@@ -331,6 +348,7 @@ def main() -> int:
     import onnxruntime as ort
 
     started = time.time()
+    _host_profile()
     print(f"host: {platform.node()}, {os.cpu_count()} logical cores, "
           f"affinity {sorted(os.sched_getaffinity(0))}, "
           f"ORT {ort.__version__}, load average {os.getloadavg()}", flush=True)

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("calibrate", "fit a device profile's calibration (host: measure the reference suite)"),
     "predict": ("predict", "predict a model's latency on a device profile, with its interval"),
     "measure": ("measure", "measure one ONNX model's latency on a device"),
+    "report": ("report", "write a study's dashboards and front as one self-contained HTML file"),
+    "export": ("export", "write a deployable bundle for a trial (or the whole front with --pareto)"),
+    "promote": ("promote", "register a trial's bundle in the MLflow model registry, with an alias"),
+    "check": ("check", "check models against latency/size/accuracy budgets (CI; exit 1 when exceeded)"),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +19,16 @@ from edge_search.config import DeployConfig, TrialConfig, check_deploy
 from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
+from edge_search.errors import InvalidConfig
+from edge_search.space import Constraint
 from edge_search.tasks.base import ModelArtifact, Task
 
-STAGES = ("train", "prune", "transform", "evaluate", "measure")
+STAGES = ("gate", "train", "prune", "transform", "evaluate", "measure")
+GATED_METRICS = ("latency_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms")
+
+
+class GatedOut(InvalidConfig):
+    """A trial stopped before training by the latency gate; recorded as pruned with the reason."""
 
 
 @dataclass
@@ -49,8 +56,13 @@ class Pipeline:
     """Evaluates trial configurations for one task on one device, caching every stage."""
 
     def __init__(self, task: Task, device: Device, profile: DeviceProfile, cache: ArtifactCache,
-                 seed: int = 0, precision_target: float = 0.02, max_measure_s: float = 5.0) -> None:
+                 seed: int = 0, precision_target: float = 0.02, max_measure_s: float = 5.0,
+                 constraints: Sequence[Constraint] = (), latency_gate: bool = False) -> None:
+        """`latency_gate`: before training, measure the untrained network with the trial's deploy
+        knobs and skip training when a latency constraint is surely missed (see `GatedOut`)."""
         self.task = task
+        self.latency_constraints = [c for c in constraints if c.metric in GATED_METRICS]
+        self.latency_gate = latency_gate
         self.device = device
         self.profile = profile
         self.cache = cache
@@ -67,7 +79,8 @@ class Pipeline:
         """Reject a configuration that cannot be deployed, before any work is spent on it."""
         check_deploy(config.deploy, device_cores=self.device_cores,
                      device_precisions=tuple(self.profile.precisions),
-                     task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train)
+                     task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train,
+                     task_can_resize_inputs=getattr(self.task, "supports_input_resolution", False))
 
     def evaluate(self, config: TrialConfig) -> TrialResult:
         self.check(config)
@@ -75,20 +88,24 @@ class Pipeline:
         hits: dict[str, bool] = {}
         params = self.task.resolve_params(config.train)
         deploy = config.deploy
+        if self.latency_gate and self.latency_constraints and "epochs" in params:
+            with _timed(timings, "gate"):
+                self._gate(params, deploy)
 
         with _timed(timings, "train"):
             base_key, model, hits["train"] = self._train(params)
+        task = self._trial_task(model, params, deploy)
         with _timed(timings, "prune"):
             model_key, model, prune_hit = self._prune(base_key, model, params, deploy)
             if prune_hit is not None:
                 hits["prune"] = prune_hit
         with _timed(timings, "transform"):
-            deploy_dir, hits["transform"] = self._transform(model_key, model, deploy)
+            deploy_dir, hits["transform"] = self._transform(model_key, model, deploy, task)
         deployable = deploy_dir / "model.onnx"
         with _timed(timings, "evaluate"):
-            quality, hits["evaluate"] = self._evaluate(deploy_dir, deploy)
+            quality, hits["evaluate"] = self._evaluate(deploy_dir, deploy, task)
         with _timed(timings, "measure"):
-            latency, hits["measure"] = self._measure(deployable, deploy)
+            latency, hits["measure"] = self._measure(deployable, deploy, task)
 
         metrics: dict[str, float] = {**quality, **latency.summary(), "size_mb": _model_size_mb(deployable)}
         infeasible: list[str] = []
@@ -102,6 +119,33 @@ class Pipeline:
                            cache_hits=hits, infeasible=infeasible)
 
     # -- stages -------------------------------------------------------------------------------
+
+    def _gate(self, params: dict[str, Any], deploy: DeployConfig) -> None:
+        """Measure the same architecture untrained (epochs=0, no fine-tuning): latency depends on the
+        architecture and deploy knobs, not on trained weights. Raise `GatedOut` when the whole
+        confidence interval (or the tail percentile) already misses a latency constraint."""
+        untrained = {**params, "epochs": 0}
+        key, model, _ = self._train(untrained)
+        gate_deploy = deploy.model_copy(update={"finetune_epochs": 0})
+        key, model, _ = self._prune(key, model, untrained, gate_deploy)
+        deploy_dir, _ = self._transform(key, model, gate_deploy)
+        stats, _ = self._measure(deploy_dir / "model.onnx", gate_deploy)
+        for c in self.latency_constraints:
+            value = stats.ci_low_ms if c.metric == "latency_ms" else stats.summary()[c.metric]
+            if not c.satisfied(value):
+                raise GatedOut(f"latency gate: the untrained network measures {c.metric} "
+                               f"{stats.summary()[c.metric]:.4g} ms (CI low {stats.ci_low_ms:.4g}), "
+                               f"constraint {c}; not trained")
+
+    def _trial_task(self, model: ModelArtifact, params: dict[str, Any], deploy: DeployConfig) -> Task:
+        """The task as this trial uses it: tasks whose data depends on the trained model or the
+        deploy knobs (`onnx`, `torch`: input resolution, the builder's evaluation data) provide
+        `bind_trial(artifact, params, deploy) -> Task`; others are used as they are."""
+        bind = getattr(self.task, "bind_trial", None)
+        if bind is None:
+            return self.task
+        bound: Task = bind(model, params, deploy)
+        return bound
 
     def _train(self, params: dict[str, Any]) -> tuple[str, ModelArtifact, bool]:
         key = content_key("train", self.task.name, self.task.version, params, self.seed)
@@ -129,19 +173,24 @@ class Pipeline:
         folder, hit = self.cache.entry("models", key, build)
         return key, _artifact_in(folder), hit
 
-    def _transform(self, model_key: str, model: ModelArtifact, deploy: DeployConfig) -> tuple[Path, bool]:
+    def _transform(self, model_key: str, model: ModelArtifact, deploy: DeployConfig,
+                   task: Task | None = None) -> tuple[Path, bool]:
         from edge_search.transforms import deploy_transforms
+
+        trial_task = task or self.task
 
         chain = deploy_transforms(deploy, task_prunes=self.task.can_train)
         knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
-                                           "reduce_range", "quant_format", "sparsity"})
+                                           "reduce_range", "quant_format", "sparsity", "keep_fp32",
+                                           "quantize_op_types", "weight_only_block_size",
+                                           "input_resolution"})
         key = content_key("deploy", model_key, [t.name for t in chain], knobs)
 
         def build(tmp: Path) -> None:
             src = model.onnx_path
             for i, transform in enumerate(chain):
                 dst = tmp / f"step{i}-{transform.name}.onnx"
-                transform.apply(src, dst, deploy, self.task)
+                transform.apply(src, dst, deploy, trial_task)
                 src = dst
             shutil.copyfile(src, tmp / "model.onnx")
             for p in tmp.glob("step*.onnx"):
@@ -149,19 +198,22 @@ class Pipeline:
 
         return self.cache.entry("deploy", key, build)
 
-    def _evaluate(self, deploy_dir: Path, deploy: DeployConfig) -> tuple[dict[str, float], bool]:
+    def _evaluate(self, deploy_dir: Path, deploy: DeployConfig,
+                  task: Task | None = None) -> tuple[dict[str, float], bool]:
+        trial_task = task or self.task  # a bound task's version covers its data (e.g. a builder's eval set)
         key = content_key("evaluate", file_sha256(deploy_dir / "model.onnx"), self.task.name,
-                          self.task.version)
+                          trial_task.version, deploy.batch_size, deploy.input_resolution)
         cached = self.cache.read_json("evaluations", key)
         if cached is not None:
             return {k: float(v) for k, v in cached.items()}, True
-        quality = self.task.evaluate(deploy_dir / "model.onnx")
+        quality = trial_task.evaluate(deploy_dir / "model.onnx", deploy.batch_size)
         self.cache.write_json("evaluations", key, quality)
         return quality, False
 
-    def _measure(self, deployable: Path, deploy: DeployConfig) -> tuple[LatencyStats, bool]:
+    def _measure(self, deployable: Path, deploy: DeployConfig,
+                 task: Task | None = None) -> tuple[LatencyStats, bool]:
         session = deploy.session()
-        shapes = self.task.input_shapes(deploy.batch_size)
+        shapes = (task or self.task).input_shapes(deploy.batch_size)
         key = content_key("measure", file_sha256(deployable), self.profile.name, self.profile.version,
                           session.key(), shapes, self.precision_target)
         cached = self.cache.read_json("measurements", key)

@@ -32,6 +32,10 @@ class RunOptions:
     profiles: list[Path] = field(default_factory=list)
     precision_target: float = 0.02
     max_measure_s: float = 5.0
+    backend: str = "optuna"
+    workers: int = 2
+    ray_address: str | None = None
+    latency_gate: bool = False
 
 
 @dataclass
@@ -60,6 +64,10 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
     """Open or resume the study and evaluate trials until `opts.trials` have finished."""
     if opts.trials < 1:
         raise InputError("--trials must be at least 1")
+    if opts.backend not in ("optuna", "ray"):
+        raise InputError(f"unknown backend '{opts.backend}' (known: optuna, ray)")
+    if opts.workers < 1:
+        raise InputError("--workers must be at least 1")
     t0 = time.perf_counter()
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
@@ -70,29 +78,36 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
                              f"'{task.name}' (known: {', '.join(task.train_knobs)})")
     storage = make_storage(opts.storage)
     tracker = Tracker(opts.tracking_uri)
-    session = StudySession(space=space, device=opts.device, profile_version=profile.version,
+    session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
     device = open_device(profile)
     pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
-                        precision_target=opts.precision_target, max_measure_s=opts.max_measure_s)
+                        precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
+                        constraints=space.constraints, latency_gate=opts.latency_gate)
     redone = session.recover_orphans()
     session.update_front(full=True)
-    stage_before = _stage_totals(session)
+    started = time.time()
     complete = False
     try:
         with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
             if redone:
                 progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
-            from edge_search.drivers.optuna import run_optuna
+            if opts.backend == "ray":
+                from edge_search.drivers.ray import run_ray
 
-            run_optuna(session, pipeline, opts.trials, progress)
+                run_ray(session, _worker_spec(opts, space, session), opts.trials, progress,
+                        workers=opts.workers, address=opts.ray_address)
+            else:
+                from edge_search.drivers.optuna import run_optuna
+
+                run_optuna(session, pipeline, opts.trials, progress)
         complete = True
     finally:
         device.close()
         session.finish(complete)
     wall = time.perf_counter() - t0
-    stages = {k: v - stage_before.get(k, 0.0) for k, v in _stage_totals(session).items()}
+    stages = _stage_totals(session, started)
     stages["other"] = max(0.0, wall - sum(stages.values()))
     front = pareto_points(session.study)
     feasible = bool(front)
@@ -103,15 +118,31 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
     return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible)
 
 
-def _stage_totals(session: StudySession) -> dict[str, float]:
-    from edge_search.study import Owner
-
-    me = Owner.me()
+def _stage_totals(session: StudySession, since: float) -> dict[str, float]:
+    """Per-stage seconds of the trials that started since `since` (this run's, whichever worker)."""
     totals = dict.fromkeys(STAGES, 0.0)
     for t in session.study.get_trials(deepcopy=False):
-        owner = t.user_attrs.get("owner") or {}
-        if owner.get("pid") != me.pid or owner.get("host") != me.host:
+        if t.datetime_start is None or t.datetime_start.timestamp() < since:
             continue
         for k, v in (t.user_attrs.get("timings") or {}).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return totals
+
+
+def _worker_spec(opts: RunOptions, space: SearchSpace, session: StudySession):  # type: ignore[no-untyped-def]
+    """What Ray workers need, with every path absolute (Ray changes a trial's working directory)."""
+    import os
+
+    from edge_search.devices.lease import default_lock_dir
+    from edge_search.drivers.ray import WorkerSpec
+    from edge_search.study import DEFAULT_STORAGE
+    from edge_search.tracking import absolute_sqlite
+
+    return WorkerSpec(space=space.model_dump(mode="json"), device=opts.device,
+                      profiles=tuple(str(p.resolve()) for p in opts.profiles),
+                      storage_url=absolute_sqlite(opts.storage or DEFAULT_STORAGE),
+                      tracking_uri=session.tracker.tracking_uri, cache_dir=str(opts.cache_dir.resolve()),
+                      study_name=session.name, precision_target=opts.precision_target,
+                      max_measure_s=opts.max_measure_s, lock_dir=str(default_lock_dir().resolve()),
+                      latency_gate=opts.latency_gate,
+                      env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")})

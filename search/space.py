@@ -29,6 +29,14 @@ Direction = Literal["minimize", "maximize"]
 METRICS: dict[str, Direction] = {
     "accuracy": "maximize",
     "fidelity": "maximize",
+    # bring-your-own-model tasks (`onnx`, `torch`): task metrics where the data has labels ...
+    "top1": "maximize",
+    "top5": "maximize",
+    "mae": "minimize",
+    # ... and fidelity of the deployable model to the task's fp32 model on the same inputs
+    "fidelity_top1": "maximize",
+    "fidelity_cosine": "maximize",
+    "fidelity_max_abs_err": "minimize",
     "latency_ms": "minimize",
     "latency_p90_ms": "minimize",
     "latency_p95_ms": "minimize",
@@ -43,6 +51,10 @@ METRICS: dict[str, Direction] = {
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0),
     "fidelity": (0.0, 1.0),
+    "top1": (0.0, 1.0),
+    "top5": (0.0, 1.0),
+    "fidelity_top1": (0.0, 1.0),
+    "fidelity_cosine": (-1.0, 1.0),
 }
 
 Scalar = bool | int | float | str

@@ -7,6 +7,7 @@ Ray) decide which configurations to evaluate and call into it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import optuna
 import psutil
+from filelock import FileLock
 from optuna.trial import FrozenTrial, TrialState
 
 from edge_search import __version__
@@ -103,25 +105,47 @@ class Owner:
 class StudySession:
     """One process's handle on a study and its MLflow parent run."""
 
-    def __init__(self, *, space: SearchSpace, device: str, profile_version: str, study_name: str,
-                 storage: optuna.storages.BaseStorage, sampler_name: str, seed: int, tracker: Tracker,
-                 extra_tags: dict[str, str] | None = None) -> None:
+    def __init__(self, study: optuna.Study, space: SearchSpace, device: str, tracker: Tracker,
+                 sampler_name: str = "tpe") -> None:
+        self.study = study
         self.space = space
         self.device = device
         self.tracker = tracker
         self.sampler_name = sampler_name
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.study = optuna.create_study(study_name=study_name, storage=storage,
-                                             directions=space.directions, load_if_exists=True,
-                                             sampler=optuna.samplers.RandomSampler(seed=seed))
-        self._check_or_init_attrs(profile_version)
+        self.experiment_id = tracker.experiment_id(experiment_name(space.name, device))
+        self.parent_run_id: str = study.user_attrs.get(PARENT_RUN_ATTR, "")
+        self.front: set[int] = set()
+
+    @classmethod
+    def open(cls, *, space: SearchSpace, device: str, profile_version: str, study_name: str,
+             storage: optuna.storages.BaseStorage, sampler_name: str, seed: int, tracker: Tracker,
+             extra_tags: dict[str, str] | None = None) -> StudySession:
+        """Create the study (and its MLflow parent run) or resume it; checks it matches the space.
+
+        Creation is serialised by a file lock so that several processes started together on one
+        machine create one parent run, not several.
+        """
+        lock = _study_lock(storage, study_name)
+        with lock:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study = optuna.create_study(study_name=study_name, storage=storage,
+                                            directions=space.directions, load_if_exists=True,
+                                            sampler=optuna.samplers.RandomSampler(seed=seed))
+            self = cls(study, space, device, tracker, sampler_name)
+            self._check_or_init_attrs(profile_version)
+            self.parent_run_id = self._parent_run(extra_tags or {})
         # Offset the seed by what the study already holds, so a resumed run does not replay the
         # same random proposals.
         self.study.sampler = make_sampler(sampler_name, seed + len(self.study.trials), len(space.objectives))
-        self.experiment_id = tracker.experiment_id(experiment_name(space.name, device))
-        self.parent_run_id = self._parent_run(extra_tags or {})
-        self.front: set[int] = set()
+        return self
+
+    @classmethod
+    def attach(cls, *, space: SearchSpace, device: str, study_name: str, storage: optuna.storages.BaseStorage,
+               tracker: Tracker) -> StudySession:
+        """Join an existing study from a worker process (Ray), without creating anything."""
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return cls(study, space, device, tracker)
 
     @property
     def name(self) -> str:
@@ -167,6 +191,9 @@ class StudySession:
     def n_complete(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    def n_running(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def recover_orphans(self) -> list[int]:
         """Fail trials left RUNNING by a dead process on this host and queue them to be redone."""
         storage = self.study._storage
@@ -175,8 +202,13 @@ class StudySession:
             owner = t.user_attrs.get(OWNER_ATTR)
             if owner is None or Owner(**owner).alive():
                 continue
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", "the process running it died")
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            try:
+                storage.set_trial_user_attr(t._trial_id, "fail_reason", "the process running it died")
+                # The storage checks the state under a row lock: of several processes recovering
+                # the same orphan, exactly one gets here without an error and redoes it.
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
             run_id = t.user_attrs.get(RUN_ID_ATTR)
             if run_id:
                 self.tracker.mark_failed([run_id], "the process running it died; redone as a new trial")
@@ -197,7 +229,11 @@ class StudySession:
     def values_of(self, result: TrialResult) -> list[float]:
         return [result.metrics[o.name] for o in self.space.objectives]
 
-    def complete_trial(self, trial: optuna.Trial, run_id: str, result: TrialResult) -> FrozenTrial:
+    def complete_trial(self, trial: optuna.Trial, run_id: str, result: TrialResult, *, tell: bool = True) -> None:
+        """Record a finished evaluation on the trial and its MLflow run, then tell the study.
+
+        With `tell=False` the caller's driver tells (Ray Tune's `OptunaSearch` does).
+        """
         violations = [c.violation(result.metrics[c.metric]) for c in self.space.constraints]
         for c, v in zip(self.space.constraints, violations, strict=True):
             trial.set_constraint(str(c), v)
@@ -212,7 +248,8 @@ class StudySession:
         trial.set_user_attr("deployable_path", str(result.deployable))
         if result.infeasible:
             trial.set_user_attr("infeasible", result.infeasible)
-        frozen = self.study.tell(trial, self.values_of(result))
+        if tell:
+            self.study.tell(trial, self.values_of(result))
         tags = {"latency_source": result.latency_source, "device": self.device,
                 "feasible": str(all(v <= 0 for v in [*violations, fits])).lower(),
                 **{f"cache_hit.{k}": str(v).lower() for k, v in result.cache_hits.items()}}
@@ -221,7 +258,6 @@ class StudySession:
         metrics = {**result.metrics, **{f"time_{k}_s": v for k, v in result.timings.items()}}
         self.tracker.finish_trial(run_id, "COMPLETE", metrics, tags, step=trial.number)
         self.tracker.log_text(run_id, result.latency.to_json(), "latency_stats.json")
-        return frozen
 
     def reject_trial(self, trial: optuna.Trial, run_id: str | None, state: TrialState, reason: str) -> None:
         """An invalid configuration (PRUNED) or a failure (FAIL), with its reason on the trial."""
@@ -280,7 +316,23 @@ class StudySession:
 
     def finish(self, complete: bool) -> None:
         self.update_front(full=True)
+        try:  # figures, front table and hypervolume on the parent run; never at the study's expense
+            from edge_search.dashboards.tracking import log_study_dashboards
+
+            log_study_dashboards(self.study, self.tracker, self.parent_run_id)
+        except Exception as err:
+            log.warning("could not log the dashboards of study '%s' to MLflow: %s", self.name, err)
         self.tracker.finish_parent(self.parent_run_id, "FINISHED" if complete else "KILLED")
+
+
+def _study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> FileLock:
+    from edge_search.devices.lease import default_lock_dir
+
+    url = getattr(storage, "url", repr(storage))
+    key = hashlib.sha256(f"{url}|{study_name}".encode()).hexdigest()[:16]
+    lock_dir = default_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_dir / f"study-{key}.lock"), timeout=120)
 
 
 def _latency_attr(result: TrialResult) -> dict[str, Any]:

@@ -24,6 +24,13 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision-target", type=float, default=0.02,
                    help="stop measuring when the median's CI is within ± this fraction (default 0.02)")
     p.add_argument("--max-measure-time", type=float, default=5.0, help="time cap per measurement, seconds")
+    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+                   help="optuna: embedded, this process (default); ray: Ray Tune over a Ray cluster")
+    p.add_argument("--workers", type=int, default=2, help="concurrent trials with --backend ray (default 2)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: local)")
+    p.add_argument("--latency-gate", action="store_true",
+                   help="before training, measure the untrained network and skip training when a latency "
+                        "constraint is surely missed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     summary = run_search(RunOptions(
         device=args.device, space=args.space, trials=args.trials, study=args.study, storage=args.storage,
         sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
-        profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time))
+        profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time,
+        backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate))
     print(f"study {summary.study}: {summary.complete} finished trials, {len(summary.front)} on the Pareto front"
           f" ({summary.wall_s:.1f} s)")
     total = sum(summary.stage_s.values()) or 1.0

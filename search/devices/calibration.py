@@ -7,7 +7,8 @@ Host (`measure_suite` then `fit_host`): every suite model (fp32 and int8) is pro
   per group), the host throughputs that the carry divides by;
 - ``thread_scaling_by["<p>"][n]`` = median over models of end-to-end 1-thread over n-thread
   latency (per-class n-thread profiles were too noisy on a shared 2-core machine to use);
-- ``overhead_ms`` = the median of (end-to-end 1-thread latency − sum of profiled node times);
+- ``overhead_ms`` and ``profile_overhead_us`` from a bounded least-squares fit (relative error) of
+  end-to-end 1-thread latency = overhead + profiled node sum − per-node profiler cost × nodes;
 - ``error_band`` = the 90th percentile of |relative error| of the fitted model on its own data.
 
 Boards (`fit_board`): the published latencies are whole-model figures from other runtimes
@@ -26,7 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from edge_search.devices.base import MeasureRequest, SessionKnobs
-from edge_search.devices.emulated import ClassTime, HostBreakdown, breakdown_from_nodes, carry
+from edge_search.devices.emulated import ClassTime, HostBreakdown, breakdown_from_nodes, carry, net_host_ms
 from edge_search.devices.opclass import class_group
 from edge_search.devices.profile import Calibration, DeviceProfile, Sourced
 from edge_search.devices.reference_suite import DEFAULT_CACHE, SuiteModel, export
@@ -164,13 +164,26 @@ def fit_host(records: Sequence[SuiteRecord], host_id: str, note: str = "") -> Ca
         f"({', '.join(sorted({r.family for r in records}))}) measured on {host_id}{note}"
     )
     params: dict[str, Sourced] = {}
+    # end-to-end 1-thread latency = overhead + profiled sum - per-node profiler cost x nodes
+    rows = [(r.e2e_ms[1], r.breakdown.host_ms, sum(c.nodes for c in r.breakdown.classes))
+            for r in records if 1 in r.e2e_ms]
+    overhead = per_node_us = 0.0
+    if rows:
+        y = np.array([(e - p) / e for e, p, _ in rows])
+        a = np.array([[1.0 / e, -n / 1000.0 / e] for e, _, n in rows])
+        sol = least_squares(lambda th: a @ th - y, np.zeros(2), bounds=([0.0, 0.0], [np.inf, np.inf]))
+        overhead, per_node_us = float(sol.x[0]), float(sol.x[1])
+    params["overhead_ms"] = src(overhead)
+    params["profile_overhead_us"] = src(per_node_us)
+    net = Calibration(source="fit", params={"profile_overhead_us": params["profile_overhead_us"]})
     by: dict[str, list[float]] = {}
     for r in records:
-        for (p, c), (ms, work) in _sum(r.breakdown).items():
+        for ct in r.breakdown.classes:
+            p, c = ct.precision, ct.op_class
             for key in (f"rate.{p}.{c}", f"rate.{p}.{class_group(c)}"):
                 acc = by.setdefault(key, [0.0, 0.0])
-                acc[0] += work
-                acc[1] += ms
+                acc[0] += ct.work
+                acc[1] += net_host_ms(ct, net)
     for key, (work, ms) in sorted(by.items()):
         if work > 0 and ms > 0:
             params[key] = src(work / ms / 1e6)
@@ -184,8 +197,6 @@ def fit_host(records: Sequence[SuiteRecord], host_id: str, note: str = "") -> Ca
                         ratios.setdefault(n, []).append(r.e2e_ms[1] / ms)
         if ratios:
             scaling[prec] = {n: src(float(np.median(v))) for n, v in sorted(ratios.items())}
-    overheads = [r.e2e_ms[1] - r.breakdown.host_ms for r in records if 1 in r.e2e_ms]
-    params["overhead_ms"] = src(max(0.0, statistics.median(overheads)) if overheads else 0.0)
     cal = Calibration(
         source=src(0).source,
         runtime_note="measured on this host with ONNX Runtime",
@@ -275,10 +286,11 @@ def _x(bd: HostBreakdown, host: Calibration) -> tuple[float, float]:
         r = host.rate(prec, c.op_class, class_group(c.op_class))
         if r is None:
             r = host.rate("fp32", c.op_class, class_group(c.op_class)) or 1.0
+        ms = net_host_ms(c, host)
         if class_group(c.op_class) == "compute":
-            xc += c.host_ms * r
+            xc += ms * r
         else:
-            xm += c.host_ms * r
+            xm += ms * r
     return xc, xm
 
 
@@ -637,11 +649,12 @@ def proxy_breakdowns(
     todo = sorted({k for k in keys if k[0] in PUBLISHED_PROXIES and k not in have})
     if todo:
         host = LocalDevice(get_profile("host"))
-        for model, prec in todo:
-            rec = measure_suite(
-                host, [PUBLISHED_PROXIES[model]], (prec,), (1,), runs=5, end_to_end=False, progress=progress
-            )[0]
-            have[(model, prec)] = rec.breakdown
+        for prec in sorted({p for _, p in todo}):
+            names = [m for m, p in todo if p == prec]
+            recs = measure_suite(host, [PUBLISHED_PROXIES[m] for m in names], (prec,), (1,), runs=10,
+                                 end_to_end=False, repeats=3, progress=progress)
+            for m, rec in zip(names, recs, strict=True):
+                have[(m, prec)] = rec.breakdown
         save_records(
             [SuiteRecord(m, PUBLISHED_PROXIES[m].family, p, bd, {1: bd}, {}) for (m, p), bd in have.items()],
             cache,

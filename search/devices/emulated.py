@@ -113,6 +113,15 @@ class Carried:
     warnings: list[str] = field(default_factory=list)
 
 
+def net_host_ms(ct: ClassTime, host: DeviceProfile | Any) -> float:
+    """A class's profiled host time less the profiler's own per-node cost (never below 30 %)."""
+    cal = host.calibration if isinstance(host, DeviceProfile) else host
+    per_node = cal.params.get("profile_overhead_us")
+    if per_node is None:
+        return ct.host_ms
+    return max(ct.host_ms - ct.nodes * per_node.value / 1000.0, 0.3 * ct.host_ms)
+
+
 def _host_rate(host: DeviceProfile, ct: ClassTime) -> float | None:
     prec = ct.precision if ct.precision != "fp16" else "fp32"
     rate = host.calibration.rate(prec, ct.op_class, class_group(ct.op_class))
@@ -158,7 +167,7 @@ def carry(
         else:
             ratio = r_host / r_target
         speedup = 1.0 if gpu else cal.speedup(threads, prec, ct.op_class)
-        t = ct.host_ms * ratio / speedup
+        t = net_host_ms(ct, host) * ratio / speedup
         total += t
         out[f"{ct.precision}.{ct.op_class}"] = {
             "host_ms": ct.host_ms,

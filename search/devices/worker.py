@@ -23,7 +23,8 @@ What a measurement does, in order:
    ``precision_target`` of the median, at ``max_time_s``, or at ``max_samples``; record which.
    The worker runs at raised priority where permitted (``nice``, see `WorkerRequest`).
 6. Report peak memory (RSS high-water mark over the pre-session baseline), CPU steal on the used
-   cores from ``/proc/stat``, throttling where the kernel exposes it, host metadata and warnings.
+   cores and the share of them other processes took (both from ``/proc/stat``), throttling where the
+   kernel exposes it, host metadata and warnings.
 
 Spinning: ``session.intra_op.allow_spinning`` and ``session.inter_op.allow_spinning`` are both set
 to ``"1"`` by default (ONNX Runtime's own default), so the figure matches what a deployed session
@@ -58,6 +59,7 @@ from edge_search.errors import InputError
 CV_WARN = 0.05
 STEAL_WARN_PCT = 1.0
 FREQ_DROP_WARN = 0.15
+OTHERS_WARN_PCT = 10.0
 
 
 class WorkerRequest(BaseModel):
@@ -119,9 +121,12 @@ def cpu_model() -> str:
     return fields.get("model name") or fields.get("Hardware") or fields.get("Processor") or platform.machine()
 
 
-def read_cpu_times(cores: Sequence[int]) -> dict[int, tuple[int, int]]:
-    """(steal, total) jiffies per core from /proc/stat; empty where unavailable."""
-    out: dict[int, tuple[int, int]] = {}
+def read_cpu_times(cores: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+    """(steal, total, busy) jiffies per core from /proc/stat; empty where unavailable.
+
+    busy = total - idle - iowait (steal included: time the core did not run for us or anybody here).
+    """
+    out: dict[int, tuple[int, int, int]] = {}
     try:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
@@ -132,21 +137,42 @@ def read_cpu_times(cores: Sequence[int]) -> dict[int, tuple[int, int]]:
         if parts and parts[0] in wanted:
             vals = [int(v) for v in parts[1:9]]  # user nice system idle iowait irq softirq steal
             vals += [0] * (8 - len(vals))
-            out[wanted[parts[0]]] = (vals[7], sum(vals))
+            out[wanted[parts[0]]] = (vals[7], sum(vals), sum(vals) - vals[3] - vals[4])
     return out
 
 
-def steal_pct(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float | None:
+CpuTimes = dict[int, tuple[int, int, int]]
+
+
+def steal_pct(before: CpuTimes, after: CpuTimes) -> float | None:
     """Share (%) of the cores' time stolen by the hypervisor between two `read_cpu_times`."""
     d_steal = d_total = 0
-    for core, (s1, t1) in after.items():
+    for core, (s1, t1, _) in after.items():
         if core in before:
-            s0, t0 = before[core]
+            s0, t0, _ = before[core]
             d_steal += s1 - s0
             d_total += t1 - t0
     if d_total <= 0:
         return None
     return 100.0 * d_steal / d_total
+
+
+def others_pct(before: CpuTimes, after: CpuTimes, own_cpu_s: float) -> float | None:
+    """Share (%) of the cores' time that went to anything but this process (other processes, steal).
+
+    The cores' busy jiffies between two `read_cpu_times`, minus this process's own CPU seconds.
+    Jiffies are coarse (10 ms at 100 Hz), so short runs read a few percent either way.
+    """
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    d_busy = d_total = 0
+    for core, (_, t1, b1) in after.items():
+        if core in before:
+            _, t0, b0 = before[core]
+            d_busy += b1 - b0
+            d_total += t1 - t0
+    if d_total <= 0:
+        return None
+    return max(0.0, 100.0 * (d_busy - own_cpu_s * hz) / d_total)
 
 
 def _read_int(path: Path) -> int | None:
@@ -412,6 +438,8 @@ def measure(wr: WorkerRequest) -> LatencyStats:
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     peak_mb = mem.peak_mb()
     steal = steal_pct(cpu0, cpu1)
+    own_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    others = others_pct(cpu0, cpu1, own_s)
 
     samples_ms = [s / 1e6 for s in samples_ns]
     first_input = next(iter(feeds.values()), None)
@@ -431,6 +459,7 @@ def measure(wr: WorkerRequest) -> LatencyStats:
             "measure_ended_at": wall1,
             "precision_target": req.precision_target,
             "involuntary_ctx_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
+            "others_cpu_pct": others,
             "loadavg_1m": os.getloadavg()[0],
             "peak_memory_method": mem.method,
             "throttle_detectable": bool(thr0["throttle_count"] or thr0["freq_khz"]),
@@ -450,6 +479,8 @@ def measure(wr: WorkerRequest) -> LatencyStats:
                         f"±{req.precision_target:.1%} (stopped by {reason})")
     if steal is not None and steal > STEAL_WARN_PCT:
         warnings.append(f"CPU steal {steal:.1f}% during the run (> {STEAL_WARN_PCT:g}%): a noisy host")
+    if others is not None and others > OTHERS_WARN_PCT:
+        warnings.append(f"contended: other processes used {others:.0f}% of the measured cores during the run")
     throttled = _throttle_warning(thr0, thr1)
     if throttled:
         warnings.append(throttled)

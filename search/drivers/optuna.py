@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 
 import optuna
@@ -10,7 +11,7 @@ from optuna.trial import TrialState
 
 from edge_search.config import DeployConfig, TrialConfig
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
-from edge_search.pipeline import Pipeline
+from edge_search.pipeline import GatedOut, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.space import suggest_config
 from edge_search.study import StudySession
@@ -27,14 +28,22 @@ def build_config(session: StudySession, trial: optuna.Trial, cores: int) -> Tria
         raise InvalidConfig(str(err).splitlines()[0]) from None
 
 
-def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial) -> tuple[TrialState, str]:
-    """Evaluate one asked trial and record it; returns its final state and a one-line summary."""
+def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
+              tell: bool = True) -> tuple[TrialState, str]:
+    """Evaluate one asked trial and record it; returns its final state and a one-line summary.
+
+    Invalid and failed trials are always told here; a complete one only with `tell` (Ray's
+    searcher tells complete trials itself)."""
     run_id: str | None = None
     try:
         config = build_config(session, trial, pipeline.device_cores)
         run_id = session.begin_trial(trial, config)
         pipeline.check(config)
         result = pipeline.evaluate(config)
+    except GatedOut as err:
+        trial.set_user_attr("stopped", "latency-gate")
+        session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
+        return TrialState.PRUNED, f"trial {trial.number} stopped by the {err}"
     except InvalidConfig as err:
         session.reject_trial(trial, run_id, TrialState.PRUNED, f"invalid: {err}")
         return TrialState.PRUNED, f"trial {trial.number} invalid: {err}"
@@ -46,14 +55,14 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial) ->
         session.reject_trial(trial, run_id, TrialState.FAIL, reason)
         return TrialState.FAIL, f"trial {trial.number} failed: {reason}"
     assert run_id is not None
-    session.complete_trial(trial, run_id, result)
+    session.complete_trial(trial, run_id, result, tell=tell)
     vals = ", ".join(f"{k}={result.metrics[k]:.4g}" for k in session.space.objective_names)
     cached = "+".join(k for k, v in result.cache_hits.items() if v)
     return TrialState.COMPLETE, f"trial {trial.number} {vals}" + (f" (cached: {cached})" if cached else "")
 
 
 def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
-               max_consecutive_rejects: int = 50) -> None:
+               max_consecutive_rejects: int = 50, wait_s: float = 1.0) -> None:
     """Ask and evaluate trials until the study holds `n_trials` complete ones.
 
     Invalid configurations and failures do not count; after `max_consecutive_rejects` of them in a
@@ -61,6 +70,12 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
     """
     rejects = 0
     while session.n_complete() < n_trials:
+        if session.n_complete() + session.n_running() >= n_trials:
+            # Other processes share the study and run the last trials: wait for them rather than
+            # overshoot; if one of them dies, its trial is recovered and redone here.
+            time.sleep(wait_s)
+            session.recover_orphans()
+            continue
         trial = session.study.ask()
         state, line = run_trial(session, pipeline, trial)
         if state == TrialState.COMPLETE:

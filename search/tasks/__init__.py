@@ -11,6 +11,8 @@ from edge_search.tasks.base import Task
 #: Built-in tasks, imported only when used (torch is heavy and optional).
 TASKS: dict[str, str] = {
     "digits-cnn": "edge_search.tasks.digits_cnn:DigitsCnnTask",
+    "onnx": "edge_search.tasks.onnx_model:OnnxModelTask",
+    "torch": "edge_search.tasks.torch_task:TorchModelTask",
 }
 
 

@@ -6,6 +6,14 @@ Data types follow ONNX Runtime's guidance for x86-64 CPUs:
   u8*s8 instruction can saturate; `reduce_range` (7-bit weights) is the documented remedy.
 - static QDQ: S8S8 (activations and weights QInt8), "the default and first choice" in ORT's docs.
 - static QOperator: U8S8 (activations QUInt8), because S8S8 QOperator kernels are slow on x86-64.
+
+What is quantised: `quantize_op_types` (`conv`, `matmul` = MatMul+Gemm, or ORT's default set) and
+`keep_fp32` (the first and last Conv/Gemm/MatMul, depthwise convs, or both left in float32; their
+names are looked up on the model that is quantised, after ORT's pre-processing).
+
+Weight-only int4/int8 (`int4-weight`, `int8-weight`) uses ORT's `MatMulNBitsQuantizer`: MatMul
+weights become blocked 4/8-bit MatMulNBits nodes (activations stay float32). ORT supports this for
+MatMul only (not Gemm or Conv), i.e. for transformer-style models.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from edge_search.config import DeployConfig
+
+from edge_search.config import DeployConfig, KeepFp32
+from edge_search.errors import InputError
 from edge_search.tasks.base import Task
 from edge_search.transforms.base import Transform
 
@@ -81,6 +91,46 @@ def preprocess(src: Path, dst: Path) -> Path:
     return dst
 
 
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+"""Op types whose first/last occurrence `keep_fp32: first_last` keeps in float32."""
+OP_TYPES: dict[str, list[str] | None] = {"all": None, "conv": ["Conv"], "matmul": ["MatMul", "Gemm"]}
+"""`quantize_op_types` -> ORT's `op_types_to_quantize` (None: ORT's default set)."""
+
+
+def name_nodes(path: Path) -> onnx.ModelProto:
+    """Load `path` and give every unnamed node a unique name (ORT's quantiser excludes by name)."""
+    model = onnx.load(str(path))
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_es{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+    return model
+
+
+def nodes_kept_fp32(model: onnx.ModelProto, keep: KeepFp32) -> list[str]:
+    """Names of the nodes `keep` leaves unquantised (graph order)."""
+    if keep == "none":
+        return []
+    inits = {i.name: i for i in model.graph.initializer}
+    out: list[str] = []
+    if keep in ("first_last", "first_last_depthwise"):
+        weighted = [n.name for n in model.graph.node if n.op_type in WEIGHT_OPS]
+        out.extend(dict.fromkeys(weighted[:1] + weighted[-1:]))
+    if keep in ("depthwise", "first_last_depthwise"):
+        for node in model.graph.node:
+            if node.op_type != "Conv" or node.name in out:
+                continue
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            w = inits.get(node.input[1]) if len(node.input) > 1 else None
+            if group > 1 and w is not None and len(w.dims) == 4 and w.dims[1] == 1:
+                out.append(node.name)
+    return out
+
+
 # mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
 class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
     """int8-dynamic or int8-static (QDQ or QOperator) quantisation per the deploy knobs."""
@@ -101,15 +151,21 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-search-quant-") as tmp:
             model_in = preprocess(src, Path(tmp) / "preprocessed.onnx")
+            named = name_nodes(model_in)
+            exclude = nodes_kept_fp32(named, deploy.keep_fp32)
+            model_in = Path(tmp) / "named.onnx"
+            onnx.save(named, str(model_in))
             if deploy.precision == "int8-dynamic":
                 quantize_dynamic(str(model_in), str(dst), per_channel=deploy.per_channel,
-                                 reduce_range=deploy.reduce_range, weight_type=QuantType.QInt8)
+                                 reduce_range=deploy.reduce_range, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
+                                 nodes_to_exclude=exclude)
             else:
-                self._static(model_in, dst, deploy, task)
+                self._static(model_in, dst, deploy, task, exclude)
         log.info("quantised %s -> %s (%s) in %.2f s", src, dst, deploy.precision, time.perf_counter() - start)
 
     @staticmethod
-    def _static(src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
+    def _static(src: Path, dst: Path, deploy: DeployConfig, task: Task, exclude: list[str]) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -120,6 +176,8 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
         qdq = deploy.quant_format == "qdq"
         fixed = _model_batch(src)
         reader = TaskCalibrationReader(task, n, fixed or CALIBRATION_BATCH, fixed_batch=fixed is not None)
+        if not any(True for _ in task.calibration_batches(1, 1)):
+            raise InputError(f"int8-static needs calibration data; task '{task.name}' provides none")
         # ORT's histogram calibrators print progress to stdout; keep it out of the CLI's output.
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
@@ -128,6 +186,45 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
                 quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                 per_channel=deploy.per_channel, reduce_range=deploy.reduce_range,
                 activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=method)
+                calibrate_method=method, op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
+                nodes_to_exclude=exclude)
         if captured.getvalue():
             log.debug("calibration output: %s", captured.getvalue().strip())
+
+
+# mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
+class WeightOnlyQuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
+    """int4/int8 weight-only quantisation of MatMul weights (ORT's MatMulNBits; activations fp32)."""
+
+    name = "weight-only"
+
+    def applies(self, deploy: DeployConfig) -> bool:
+        """When `precision` is `int4-weight` or `int8-weight`."""
+        return deploy.weight_only_bits is not None
+
+    def apply(self, src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
+        """Quantise MatMul weights in blocks of `weight_only_block_size` (symmetric) into `dst`.
+
+        Weights whose reduction axis is not a multiple of the block size are padded by ORT; a model
+        without constant-weight MatMuls comes out unchanged (logged).
+        """
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        bits = deploy.weight_only_bits
+        if bits is None:
+            raise ValueError(f"precision {deploy.precision} is not a weight-only precision")
+        model = onnx.load(str(src))
+        config = DefaultWeightOnlyQuantConfig(block_size=deploy.weight_only_block_size, is_symmetric=True,
+                                              bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=deploy.weight_only_block_size,
+                                         is_symmetric=True, algo_config=config)
+        quantizer.process()
+        out = quantizer.model.model
+        n = sum(1 for node in out.graph.node if node.op_type == "MatMulNBits")
+        if n == 0:
+            log.info("weight-only %d-bit: %s has no MatMul with constant weights; unchanged", bits, src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(out, str(dst))

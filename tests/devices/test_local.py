@@ -17,7 +17,14 @@ from edge_search.devices.inputs import InputSpec, build_feeds, parse_shape_arg, 
 from edge_search.devices.local import LocalDevice, NodeTiming, allowed_cores, training_cores
 from edge_search.devices.profile import DeviceProfile, LatencySpec, get_profile
 from edge_search.devices.stats import LatencyStats
-from edge_search.devices.worker import parse_profile_trace, repeat_until_precise, warm_up
+from edge_search.devices.worker import (
+    others_pct,
+    parse_profile_trace,
+    read_cpu_times,
+    repeat_until_precise,
+    steal_pct,
+    warm_up,
+)
 from edge_search.errors import EdgeSearchError, InputError
 
 FAST = {"warmup_min_s": 0.05, "max_time_s": 2.0}
@@ -253,3 +260,15 @@ def test_parse_profile_trace_skips_warmup() -> None:
     nodes = parse_profile_trace(trace, runs=3)
     assert nodes == [{"name": "conv", "op_type": "Conv", "provider": "CPUExecutionProvider",
                       "mean_us": 100.0, "count": 3}]
+
+
+def test_steal_and_contention_from_cpu_times() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {0: (10, 1000, 400), 1: (0, 1000, 100)}
+    after = {0: (20, 1000 + hz, 400 + hz), 1: (0, 1000 + hz, 100 + hz // 2)}  # 1 s on 2 cores
+    assert steal_pct(before, after) == pytest.approx(100 * 10 / (2 * hz))
+    # 1.5 s of busy core time, of which 1 s was this process: the rest (0.5 s of 2 s) was others'.
+    assert others_pct(before, after, own_cpu_s=1.0) == pytest.approx(25.0, abs=0.5)
+    assert others_pct(before, after, own_cpu_s=5.0) == 0.0
+    assert steal_pct({}, after) is None and others_pct({}, after, 0.0) is None
+    assert set(read_cpu_times([0])) <= {0}

@@ -1,0 +1,251 @@
+"""The data behind the dashboards, computed from a study as plain records (no plotting here).
+
+`study_data(study)` reads every complete trial once and returns a `StudyData`: objective values,
+knobs, feasibility and front membership per trial, the hypervolume after each trial, and the raw
+latency samples of the front's configurations (fetched through a `SamplesLoader`, normally the
+trial's MLflow artifact `latency_stats.json`). `figures.py` draws it; tests check it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.study import StudyDirection
+
+from edge_search.pareto import front_trials, is_feasible, objective_names
+from edge_search.tracking import RUN_ID_ATTR
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ATTR = "hypervolume_reference"
+"""Study user attr holding the hypervolume reference point (objective name -> value), fixed the
+first time the dashboards are logged so the hypervolume history stays comparable on resume."""
+MAX_PLOTTED_SAMPLES = 2000
+"""Raw latency samples per configuration kept for plotting (evenly spaced quantiles beyond that)."""
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """One complete trial as the dashboards see it."""
+
+    number: int
+    values: dict[str, float]
+    """Objective name -> value."""
+    params: dict[str, Any]
+    """Every knob as `train.*` / `deploy.*`."""
+    metrics: dict[str, float]
+    feasible: bool
+    on_front: bool
+    latency_source: str
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class LatencySamples:
+    """Latency of one configuration: raw samples when measured, only the summary when emulated."""
+
+    trial: int
+    samples_ms: tuple[float, ...]
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    source: str
+    device: str
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Everything the figures and the report draw, for one study."""
+
+    study_name: str
+    device: str
+    objectives: list[str]
+    directions: list[str]
+    """`maximize` / `minimize`, one per objective."""
+    trials: list[TrialPoint]
+    hypervolume: list[tuple[int, float]]
+    """(trial number, hypervolume of the feasible trials up to and including it)."""
+    reference: dict[str, float]
+    latency: list[LatencySamples] = field(default_factory=list)
+    """Front configurations' latency, in front order."""
+
+    @property
+    def front(self) -> list[TrialPoint]:
+        return [t for t in self.trials if t.on_front]
+
+    def varying_knobs(self, prefix: str = "") -> list[str]:
+        """Knob names (starting with `prefix`) that take more than one value across the trials."""
+        keys = sorted({k for t in self.trials for k in t.params if k.startswith(prefix)})
+        return [k for k in keys if len({json.dumps(t.params.get(k), default=str) for t in self.trials}) > 1]
+
+    @property
+    def latency_metric(self) -> str:
+        """The latency metric to plot knob effects against: the first latency objective, else the median."""
+        return next((o for o in self.objectives if o.startswith("latency")), "latency_ms")
+
+
+SamplesLoader = Callable[[TrialPoint], LatencySamples | None]
+
+
+# -- hypervolume ----------------------------------------------------------------------------------
+
+
+def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume dominated by `losses` (rows of minimised values) up to `reference`.
+
+    Optuna's exact implementation (2-D sweep, WFG beyond) lives in the private module
+    `optuna._hypervolume`; there is no public function for it, so it is wrapped here, in this one
+    place, and tested against a brute-force 2-D computation. Points not strictly better than the
+    reference in every objective contribute nothing and are dropped first (Optuna expects that).
+    """
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = np.asarray(losses, dtype=float).reshape(-1, len(reference))
+    ref = np.asarray(reference, dtype=float)
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    return float(compute_hypervolume(pts, ref))
+
+
+def _losses(values: Sequence[float], directions: Sequence[str]) -> list[float]:
+    return [-v if d == "maximize" else v for v, d in zip(values, directions, strict=True)]
+
+
+def reference_point(trials: Sequence[TrialPoint], objectives: Sequence[str],
+                    directions: Sequence[str]) -> dict[str, float]:
+    """A reference point 10 % of the observed range beyond the worst feasible value of each objective."""
+    pool = [t for t in trials if t.feasible] or list(trials)
+    ref: dict[str, float] = {}
+    for name, d in zip(objectives, directions, strict=True):
+        vals = [t.values[name] for t in pool if math.isfinite(t.values[name])]
+        if not vals:
+            ref[name] = 0.0
+            continue
+        worst, best = (min(vals), max(vals)) if d == "maximize" else (max(vals), min(vals))
+        margin = 0.1 * abs(worst - best) or 0.1 * abs(worst) or 1.0
+        ref[name] = worst - margin if d == "maximize" else worst + margin
+    return ref
+
+
+def hypervolume_history(trials: Sequence[TrialPoint], objectives: Sequence[str], directions: Sequence[str],
+                        reference: Mapping[str, float]) -> list[tuple[int, float]]:
+    """Hypervolume of the feasible trials after each complete trial, in trial order.
+
+    Recomputed only when a trial enters the running non-dominated set, so the cost is one exact
+    hypervolume per front change.
+    """
+    ref = np.array([_losses([reference[o]], [d])[0] for o, d in zip(objectives, directions, strict=True)])
+    front: list[np.ndarray] = []
+    current = 0.0
+    out: list[tuple[int, float]] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.feasible:
+            p = np.array(_losses([t.values[o] for o in objectives], directions))
+            if not any(np.all(q <= p) for q in front):
+                front = [q for q in front if not np.all(p <= q)] + [p]
+                current = hypervolume(np.array(front), ref)
+        out.append((t.number, current))
+    return out
+
+
+# -- reading a study ------------------------------------------------------------------------------
+
+
+def directions(study: optuna.Study) -> list[str]:
+    """The study's directions as `maximize` / `minimize`."""
+    return ["maximize" if d == StudyDirection.MAXIMIZE else "minimize" for d in study.directions]
+
+
+def trial_points(study: optuna.Study) -> list[TrialPoint]:
+    """Complete trials with their objectives, knobs, feasibility and front membership."""
+    names = objective_names(study)
+    on_front = {t.number for t in front_trials(study)}
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.values is None:
+            continue
+        points.append(TrialPoint(
+            number=t.number, values=dict(zip(names, t.values, strict=True)),
+            params=dict(t.user_attrs.get("config_params", t.params)),
+            metrics={k: float(v) for k, v in (t.user_attrs.get("metrics") or {}).items()},
+            feasible=is_feasible(t), on_front=t.number in on_front,
+            latency_source=str(t.user_attrs.get("latency_source", "")), run_id=t.user_attrs.get(RUN_ID_ATTR)))
+    return sorted(points, key=lambda p: p.number)
+
+
+def study_data(study: optuna.Study, samples: SamplesLoader | None = None,
+               reference: Mapping[str, float] | None = None) -> StudyData:
+    """Compute the dashboards' data; `reference` defaults to the study's stored one, else the data's."""
+    names = objective_names(study)
+    dirs = directions(study)
+    trials = trial_points(study)
+    ref = dict(reference or study.user_attrs.get(REFERENCE_ATTR) or reference_point(trials, names, dirs))
+    history = hypervolume_history(trials, names, dirs, ref) if trials else []
+    latency: list[LatencySamples] = []
+    for t in trials:
+        if t.on_front:
+            got = samples(t) if samples is not None else None
+            latency.append(got or summary_samples(t, str(study.user_attrs.get("device", ""))))
+    return StudyData(study_name=study.study_name, device=str(study.user_attrs.get("device", "")),
+                     objectives=names, directions=dirs, trials=trials, hypervolume=history,
+                     reference=ref, latency=latency)
+
+
+def summary_samples(t: TrialPoint, device: str) -> LatencySamples:
+    """Latency from the trial's summary metrics only (no raw samples)."""
+    m = t.metrics
+    median = m.get("latency_ms", float("nan"))
+    return LatencySamples(trial=t.number, samples_ms=(), median_ms=median,
+                          ci_low_ms=m.get("latency_ci_low_ms", median),
+                          ci_high_ms=m.get("latency_ci_high_ms", median),
+                          source=t.latency_source, device=device)
+
+
+def samples_from_stats(trial: int, stats: Mapping[str, Any]) -> LatencySamples:
+    """`LatencySamples` from a `LatencyStats` JSON document, thinned to `MAX_PLOTTED_SAMPLES`."""
+    raw = np.asarray(stats.get("samples_ms") or (), dtype=float)
+    if raw.size > MAX_PLOTTED_SAMPLES:
+        raw = np.quantile(raw, np.linspace(0.0, 1.0, MAX_PLOTTED_SAMPLES))
+    return LatencySamples(trial=trial, samples_ms=tuple(float(x) for x in raw),
+                          median_ms=float(stats["median_ms"]), ci_low_ms=float(stats["ci_low_ms"]),
+                          ci_high_ms=float(stats["ci_high_ms"]), source=str(stats.get("source", "")),
+                          device=str(stats.get("device", "")))
+
+
+def read_run_artifact(client: Any, run_id: str, path: str) -> str:
+    """Text of one run artifact; read straight from disk for a local artifact store (fast, no
+    progress bar), through MLflow otherwise."""
+    uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+    if uri.startswith("file:") or "://" not in uri:
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        return Path(local_file_uri_to_path(uri)).read_text(encoding="utf-8")
+    import mlflow.artifacts
+
+    return str(mlflow.artifacts.load_text(uri))
+
+
+def mlflow_samples_loader(client: Any) -> SamplesLoader:
+    """A loader reading each trial's `latency_stats.json` from its MLflow child run (`client`: an
+    `MlflowClient`)."""
+
+    def load(t: TrialPoint) -> LatencySamples | None:
+        if not t.run_id:
+            return None
+        try:
+            text = read_run_artifact(client, t.run_id, "latency_stats.json")
+            return samples_from_stats(t.number, json.loads(text))
+        except Exception as err:  # missing run or artifact: fall back to the summary
+            log.info("no latency samples for trial %s: %s", t.number, err)
+            return None
+
+    return load

@@ -1,0 +1,1 @@
+"""Bring-your-own-model examples (importable as `examples.*` from the repository root)."""

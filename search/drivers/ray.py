@@ -1,0 +1,262 @@
+"""The Ray Tune driver: the same search, with trials spread over a Ray cluster's workers.
+
+Ray Tune's `OptunaSearch` proposes configurations from the study's own Optuna storage (the same
+study and sampler the embedded driver uses), every worker runs the same `Pipeline.evaluate`, and
+results are recorded through the same `StudySession`, so `pareto`, the dashboards and `export` do
+not care which back-end ran. Ray's pitfalls, handled here:
+
+- Ray changes each trial's working directory: every store path is made absolute before the trial
+  is shipped (`WorkerSpec`), never relative.
+- A multi-objective `OptunaSearch` leaves a trial RUNNING in Optuna unless every objective key is
+  reported: workers always report all of them; invalid or failed trials are told PRUNED / FAIL
+  by the worker itself first (the searcher's later `tell` on a finished trial is ignored).
+- Device measurements stay exclusive across workers and machines: a named Ray actor per device
+  (`RayDeviceLease`), taken before the machine's own file lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from edge_search.devices.lease import DeviceLease, FileLease, LeaseHandle, LeaseTimeout
+from edge_search.errors import MissingDependency
+from edge_search.progress import RunProgress
+from edge_search.study import StudySession
+
+log = logging.getLogger(__name__)
+
+TRIAL_ID_KEY = "__optuna_trial_id"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise MissingDependency("ray", "ray") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a Ray worker needs to evaluate trials; every path absolute."""
+
+    space: dict[str, Any]
+    device: str
+    profiles: tuple[str, ...]
+    storage_url: str
+    tracking_uri: str
+    cache_dir: str
+    study_name: str
+    precision_target: float
+    max_measure_s: float
+    lock_dir: str
+    latency_gate: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+# -- the Ray-side device lease --------------------------------------------------------------------
+
+def _lease_actor_class() -> Any:
+    ray = _import_ray()
+
+    @ray.remote(num_cpus=0, max_concurrency=64)
+    class DeviceLock:
+        """One per device: grants the lease to one holder at a time, FIFO, with a time to live so a
+        holder that died without releasing cannot block the device for ever."""
+
+        def __init__(self) -> None:
+            self.holder: str | None = None
+            self.expires = 0.0
+
+        async def acquire(self, holder: str, ttl_s: float, timeout_s: float) -> bool:
+            deadline = time.monotonic() + timeout_s
+            while self.holder is not None and time.monotonic() < self.expires:
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.005)
+            self.holder, self.expires = holder, time.monotonic() + ttl_s
+            return True
+
+        async def release(self, holder: str) -> None:
+            if self.holder == holder:
+                self.holder = None
+
+    return DeviceLock
+
+
+class RayDeviceLease(DeviceLease):
+    """Exclusive device lease across a Ray cluster, then across this machine's processes."""
+
+    def __init__(self, local: DeviceLease | None = None, ttl_s: float = 600.0) -> None:
+        self.local = local or FileLease()
+        self.ttl_s = ttl_s
+
+    @contextlib.contextmanager
+    def acquire(self, device_name: str, timeout: float | None = None) -> Iterator[LeaseHandle]:
+        ray = _import_ray()
+        actor = _lease_actor_class().options(name=f"edge-search-lease:{device_name}", namespace="edge-search",
+                                             get_if_exists=True, lifetime="detached").remote()
+        holder = f"{os.getpid()}-{time.time_ns()}"
+        t0 = time.monotonic()
+        wait = 1e9 if timeout is None else timeout
+        if not ray.get(actor.acquire.remote(holder, self.ttl_s, wait)):
+            raise LeaseTimeout(f"device '{device_name}' is busy on the cluster: no lease within {wait:g} s")
+        try:
+            with self.local.acquire(device_name, timeout) as inner:
+                yield LeaseHandle(device_name, time.monotonic() - t0, inner.acquired_at)
+        finally:
+            ray.get(actor.release.remote(holder))
+
+
+# -- the worker side --------------------------------------------------------------------------------
+
+_WORKER_STATE: dict[tuple[str, str], tuple[StudySession, Any]] = {}
+
+
+def _worker_state(spec: WorkerSpec) -> tuple[StudySession, Any]:
+    """Per worker process: the study session and the pipeline (built once, reused for trials)."""
+    key = (spec.storage_url, spec.study_name)
+    if key not in _WORKER_STATE:
+        _WORKER_STATE[key] = _build_worker_state(spec)
+    return _WORKER_STATE[key]
+
+
+def _build_worker_state(spec: WorkerSpec) -> tuple[StudySession, Any]:
+    from edge_search.cache import ArtifactCache
+    from edge_search.devices import create_device
+    from edge_search.devices.profile import get_profile
+    from edge_search.pipeline import Pipeline
+    from edge_search.space import SearchSpace
+    from edge_search.study import make_storage
+    from edge_search.tasks import create_task
+    from edge_search.tracking import Tracker
+
+    os.environ.update(spec.env)
+    os.environ["EDGE_SEARCH_LOCK_DIR"] = spec.lock_dir
+    space = SearchSpace.model_validate(spec.space)
+    profile = get_profile(spec.device, [Path(p) for p in spec.profiles])
+    kwargs: dict[str, Any] = {"lease": RayDeviceLease(FileLease(spec.lock_dir))} \
+        if profile.latency.method == "local" else {}
+    device = create_device(profile, **kwargs)
+    task = create_task(space.task.name, space.task.options)
+    session = StudySession.attach(space=space, device=spec.device, study_name=spec.study_name,
+                                  storage=make_storage(spec.storage_url), tracker=Tracker(spec.tracking_uri))
+    pipeline = Pipeline(task, device, profile, ArtifactCache(Path(spec.cache_dir)), seed=space.seed,
+                        precision_target=spec.precision_target, max_measure_s=spec.max_measure_s,
+                        latency_gate=spec.latency_gate)
+    return session, pipeline
+
+
+def evaluate_in_worker(config: dict[str, Any], spec: WorkerSpec) -> dict[str, float]:
+    """The Ray trainable: evaluate the Optuna trial named in `config`, report every objective."""
+    from ray import tune
+
+    from edge_search.drivers.optuna import run_trial
+
+    session, pipeline = _worker_state(spec)
+    trial = optuna.Trial(session.study, int(config[TRIAL_ID_KEY]))
+    state, line = run_trial(session, pipeline, trial, tell=False)
+    names = session.space.objective_names
+    if state == TrialState.COMPLETE:
+        metrics = session.study._storage.get_trial(trial._trial_id).user_attrs["metrics"]
+        report = {n: float(metrics[n]) for n in names}
+    else:
+        report = dict.fromkeys(names, math.nan)  # already told PRUNED/FAIL by run_trial
+    report["edge_search_state"] = float(state.value)
+    tune.report(report)
+    return report
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The space as Ray's define-by-run function (a picklable object: Tune checkpoints its searcher)."""
+
+    space: dict[str, Any]
+    cores: int
+
+    def __call__(self, t: Any) -> dict[str, Any]:
+        from edge_search.space import SearchSpace, suggest_config
+
+        suggest_config(SearchSpace.model_validate(self.space), t, self.cores)
+        # Ray wraps the Optuna trial in a captor; the worker needs the real trial's id to record
+        # into the same study.
+        inner = getattr(t, "ot_trial", t)
+        return {TRIAL_ID_KEY: inner._trial_id}
+
+
+def run_ray(session: StudySession, spec: WorkerSpec, n_trials: int, progress: RunProgress, *,
+            workers: int, address: str | None) -> None:
+    """Run Ray Tune rounds until the study holds `n_trials` complete trials."""
+    ray = _import_ray()
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from edge_search.study import make_storage
+
+    logging.getLogger("ray.tune.search.optuna").setLevel(logging.ERROR)
+    # Tune's own tables and result loggers: edge-search prints its own progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    started_here = not ray.is_initialized()
+    if started_here:
+        tmp = tempfile.mkdtemp(prefix="es-ray-", dir="/tmp")  # Ray needs a short socket path
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+                     configure_logging=False)
+    cores = _cores(spec)
+    space = session.space
+
+    define_by_run = DefineByRun(space.model_dump(mode="json"), cores)
+    try:
+        storage = make_storage(spec.storage_url)
+        while session.n_complete() < n_trials:
+            remaining = n_trials - session.n_complete()
+            searcher = OptunaSearch(space=define_by_run, metric=space.objective_names,
+                                    mode=["max" if d == "maximize" else "min" for d in space.directions],
+                                    sampler=session.study.sampler, study_name=session.name, storage=storage)
+            tuner = tune.Tuner(
+                tune.with_resources(tune.with_parameters(evaluate_in_worker, spec=spec), {"cpu": 1}),
+                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=workers),
+                                            num_samples=remaining, reuse_actors=True),
+                run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="es-tune-"), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0)))
+            tuner.fit()
+            done = session.n_complete()
+            session.update_front()
+            progress.update(done, f"ray round: {remaining} trials asked", len(session.front),
+                            _best(session))
+            if done == n_trials - remaining:
+                raise RuntimeError("a Ray round finished no trial; see the failed trials' reasons")
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _cores(spec: WorkerSpec) -> int:
+    from edge_search.devices.profile import get_profile
+
+    profile = get_profile(spec.device, [Path(p) for p in spec.profiles])
+    return len(profile.latency.cores) if profile.latency.cores else profile.cpu.cores
+
+
+def _best(session: StudySession) -> str:
+    from edge_search.drivers.optuna import best_summary
+
+    return best_summary(session)
