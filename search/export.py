@@ -243,7 +243,9 @@ def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: s
         client.create_registered_model(name, tags={"edge_search.study": study.study_name},
                                        description="Registered by edge-search promote")
     space = study.user_attrs.get("space") or {}
-    constraints = "; ".join(str(c) for c in space.get("constraints") or [])
+    from edge_search.space import Constraint
+
+    constraints = "; ".join(str(Constraint.model_validate(c)) for c in space.get("constraints") or [])
     lat = manifest["latency"]
     tags = {"device": str(lat["device"] or study.user_attrs.get("device", "")),
             "budget": budget if budget is not None else constraints,

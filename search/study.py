@@ -286,6 +286,9 @@ class StudySession:
                 t = by_number.get(number)
                 if t is None or t.user_attrs.get(RUN_ID_ATTR) != run.info.run_id:
                     continue
+                if t.state == TrialState.FAIL and run.info.status == "RUNNING":
+                    # Its worker died and the driver failed it (Ray): close the run to match.
+                    self.tracker.mark_failed([run.info.run_id], t.user_attrs.get("fail_reason", "worker died"))
                 if t.state == TrialState.COMPLETE and run.info.status != "FINISHED":
                     # Killed between `tell` and the MLflow write: the study has what the run lacks.
                     self.tracker.finish_trial(run.info.run_id, "COMPLETE", t.user_attrs.get("metrics", {}),
@@ -340,4 +343,5 @@ def _latency_attr(result: TrialResult) -> dict[str, Any]:
     return {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "ci_low_ms": lat.ci_low_ms,
             "ci_high_ms": lat.ci_high_ms, "cv": lat.cv, "samples": len(lat.samples_ms),
             "source": lat.source, "stop_reason": lat.stop_reason, "warnings": list(lat.warnings),
+            "started_at": lat.started_at, "ended_at": lat.ended_at, "lease_wait_s": lat.lease_wait_s,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(lat.ended_at or time.time()))}

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -42,7 +43,15 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         self.tracking_uri = absolute_sqlite(tracking_uri or DEFAULT_TRACKING_URI)
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if self.tracking_uri.startswith("sqlite:///"):
+            # MLflow creates and migrates a new SQLite store when a client first opens it; two
+            # processes doing that at once collide (alembic), so opening is serialised.
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            with FileLock(str(db) + ".lock", timeout=300):
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+                self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     # -- experiment and parent run ---------------------------------------------------------------
 

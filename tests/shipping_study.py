@@ -46,8 +46,8 @@ def shipping_study(factory: pytest.TempPathFactory) -> Path:
         os.environ["EDGE_SEARCH_LOCK_DIR"] = str(folder / "locks")
         os.chdir(folder)
         try:
-            code = main(["run", "--space", "space.yaml", "--trials", "6", "--sampler", "random", "--seed", "3",
-                         *QUICK_MEASURE])
+            code = main(["run", "--space", "space.yaml", "--trials", "6", "--sampler", "random",
+                         "--seed", "3", *QUICK_MEASURE])
             assert code == 0
         finally:
             os.chdir(cwd)

@@ -168,7 +168,7 @@ def evaluate_in_worker(config: dict[str, Any], spec: WorkerSpec) -> dict[str, fl
 
     session, pipeline = _worker_state(spec)
     trial = optuna.Trial(session.study, int(config[TRIAL_ID_KEY]))
-    state, line = run_trial(session, pipeline, trial, tell=False)
+    state, _line = run_trial(session, pipeline, trial, tell=False)
     names = session.space.objective_names
     if state == TrialState.COMPLETE:
         metrics = session.study._storage.get_trial(trial._trial_id).user_attrs["metrics"]

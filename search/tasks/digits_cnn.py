@@ -22,9 +22,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from edge_search.tasks.base import ModelArtifact, Task
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+
+from edge_search.tasks.base import ModelArtifact, Task
 
 SPLIT_SEED = 20240611
 """Seed of the train/validation/test split; fixed so all trials share one test set."""

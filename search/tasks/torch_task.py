@@ -16,8 +16,8 @@ export (fidelity) or the labels, measurement.
 
 The builder's module is imported with the current working directory on `sys.path` (appended).
 The train knobs and their defaults come from the `train_knobs` option, else from a `TRAIN_KNOBS`
-dict in the builder's module. The task's `version` includes a hash of the builder's source file,
-so editing it invalidates cached models.
+dict in the builder's module. The task's `version` hashes the options (builder name included) and
+the builder's source file, so editing either invalidates cached models.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ class TorchModelTask(Task):  # type: ignore[misc, unused-ignore]
             raise InputError("task torch: TRAIN_KNOBS in the builder's module must be a dict of defaults")
         self.train_knobs: Mapping[str, Any] = dict(knobs)
         self.primary_metric: str = self.options.metric or "fidelity_top1"
-        self.version = f"1-{_source_hash(self.builder)}"
+        spec_hash = hashlib.sha256(self.options.model_dump_json().encode()).hexdigest()[:8]
+        self.version = f"1-{spec_hash}-{_source_hash(self.builder)}"  # builder + options + its source
         self._bound: dict[Path, OnnxModelTask] = {}
 
     def train(self, params: Mapping[str, Any], workdir: Path, seed: int) -> ModelArtifact:

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
 from edge_search.config import DeployConfig
 from edge_search.tasks.base import Task
 from edge_search.transforms.base import Transform
-from onnx import numpy_helper
 
 WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {"Conv": (1,), "Gemm": (1,), "MatMul": (0, 1)}
 """Op type -> input positions that hold weights (biases, Gemm's input 2, are never pruned)."""

@@ -3,6 +3,7 @@ what `StudySession.finish()` logs to the parent MLflow run."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -47,8 +48,8 @@ def _brute_force_2d(points: np.ndarray, ref: np.ndarray) -> float:
     xs = np.unique(np.append(points[:, 0], ref[0]))
     ys = np.unique(np.append(points[:, 1], ref[1]))
     area = 0.0
-    for x0, x1 in zip(xs[:-1], xs[1:], strict=True):
-        for y0, y1 in zip(ys[:-1], ys[1:], strict=True):
+    for x0, x1 in itertools.pairwise(xs):
+        for y0, y1 in itertools.pairwise(ys):
             if x1 <= ref[0] and y1 <= ref[1] and np.any((points[:, 0] <= x0) & (points[:, 1] <= y0)):
                 area += (x1 - x0) * (y1 - y0)
     return area
@@ -72,7 +73,8 @@ def test_hypervolume_drops_points_beyond_the_reference() -> None:
 def _point(n: int, acc: float, lat: float, *, feasible: bool = True, front: bool = False,
            threads: int = 1, precision: str = "fp32") -> TrialPoint:
     return TrialPoint(number=n, values={"accuracy": acc, "latency_ms": lat},
-                      params={"train.lr": 0.01, "deploy.precision": precision, "deploy.intra_op_threads": threads},
+                      params={"train.lr": 0.01, "deploy.precision": precision,
+                              "deploy.intra_op_threads": threads},
                       metrics={"accuracy": acc, "latency_ms": lat}, feasible=feasible, on_front=front,
                       latency_source="measured", run_id=None)
 
@@ -115,7 +117,7 @@ def test_study_data_from_a_real_study(study_dir: Path) -> None:
     assert len(data.trials) == 6 and data.objectives == ["accuracy", "latency_ms", "size_mb"]
     assert [t.number for t in data.front] == [p.trial for p in pareto_points(study)]
     hv = [h for _, h in data.hypervolume]
-    assert len(hv) == 6 and hv[-1] > 0 and all(b >= a for a, b in zip(hv, hv[1:], strict=False))
+    assert len(hv) == 6 and hv[-1] > 0 and all(b >= a for a, b in itertools.pairwise(hv))
     assert [s.trial for s in data.latency] == [t.number for t in data.front]
     assert all(len(s.samples_ms) >= 20 and s.source == "measured" for s in data.latency)  # raw samples
     front_fig = figures.pareto_front(data)  # three objectives: a matrix of the three pairs
@@ -148,8 +150,9 @@ def test_finish_survives_a_dashboard_failure(caplog: pytest.LogCaptureFixture) -
     tracker = mock.Mock()
     session = SimpleNamespace(update_front=lambda full: set(), study=mock.Mock(), tracker=tracker,
                               parent_run_id="p", name="s")
-    with mock.patch("edge_search.dashboards.tracking.log_study_dashboards", side_effect=RuntimeError("boom")), \
-            caplog.at_level(logging.WARNING):
+    fail = mock.patch("edge_search.dashboards.tracking.log_study_dashboards",
+                      side_effect=RuntimeError("boom"))
+    with fail, caplog.at_level(logging.WARNING):
         StudySession.finish(session, True)  # type: ignore[arg-type]
     tracker.finish_parent.assert_called_once_with("p", "FINISHED")
     assert "could not log the dashboards of study 's' to MLflow: boom" in caplog.text

@@ -34,7 +34,8 @@ def report(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 
 def test_report_is_one_self_contained_file(report: Path) -> None:
     text = report.read_text(encoding="utf-8")
-    assert "cdn.plot.ly" not in text and not re.search(r"<script[^>]+src=", text)  # plotly.js inlined
+    scripts_from_elsewhere = re.findall(r"<script[^>]+src=[^>]*>", text)
+    assert scripts_from_elsewhere == []  # plotly.js is inlined: no CDN, opens offline
     assert len(text) > 3_000_000  # plotly.min.js itself is ~4.6 MB
     for key in FIGURES:
         assert f'id="fig-{key}"' in text
@@ -63,27 +64,34 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
             time.sleep(0.2)
         assert count >= 2 * len(FIGURES), count
         js = driver.execute_script
+
+        def count(selector: str) -> int:
+            return int(js(f"return document.querySelectorAll('{selector}').length"))
+
         for key in FIGURES:  # each figure has rendered plot elements of its kind
-            assert js(f"return document.getElementById('fig-{key}').classList.contains('js-plotly-plot')"), key
-        assert js("return document.querySelectorAll('#fig-pareto_front .scatterlayer .point').length") >= 6 * 3
-        assert js("return document.querySelectorAll('#fig-parallel_coordinates .axis-title').length") >= 4
-        assert js("return document.querySelectorAll('#fig-hypervolume .scatterlayer .point').length") == 6
-        assert js("return document.querySelectorAll('#fig-latency_distributions .violinlayer path').length") > 0
-        assert js("return document.querySelectorAll('#fig-knob_effects .boxlayer path').length") > 0
+            assert count(f"#fig-{key}.js-plotly-plot .main-svg") == 2, key
+        assert count("#fig-pareto_front .scatterlayer .point") >= 6 * 3
+        assert count("#fig-parallel_coordinates .axis-title") >= 4
+        assert count("#fig-hypervolume .scatterlayer .point") == 6
+        assert count("#fig-latency_distributions .violinlayer path") > 0
+        assert count("#fig-knob_effects .boxlayer path") > 0
         # the front table sorts on a click: by latency (column 3), then descending
         table = "#front tbody tr"
         n_rows = js(f"return document.querySelectorAll('{table}').length")
         assert n_rows >= 1
         header = driver.find_element("css selector", "#front th:nth-child(3)")
         header.click()
-        col = f"return Array.from(document.querySelectorAll('{table}')).map(r => parseFloat(r.cells[2].dataset.v))"
+        col = (f"return Array.from(document.querySelectorAll('{table}'))"
+               ".map(r => parseFloat(r.cells[2].dataset.v))")
         up = js(col)
         assert up == sorted(up)
         header.click()
         assert js(col) == sorted(up, reverse=True)
         errors = browser.console_errors(driver)
         assert errors == [], errors
-        driver.execute_script("window.scrollTo(0, 0)")
+        height = min(4000, int(js("return document.body.scrollHeight")))
+        driver.set_window_size(1400, height)  # the whole report (up to 4000 px) in one picture
+        time.sleep(1.0)  # plots are responsive: let them redraw at the new size
         png = driver.get_screenshot_as_png()
     assert not browser.is_blank(png)
     (tmp_path / "report.png").write_bytes(png)

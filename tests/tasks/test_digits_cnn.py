@@ -9,10 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
+
 from edge_search.tasks import create_task
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask, channels_for, load_splits
-from onnx import numpy_helper
 
 SHORT = {"epochs": 3}
 
@@ -153,6 +154,7 @@ def test_channel_prune_really_shrinks_the_network(task: DigitsCnnTask, trained: 
 def test_shrink_copies_weights_of_kept_channels(trained: ModelArtifact) -> None:
     """Dropping channels that output zero leaves the logits unchanged: the weight copy is exact."""
     import torch
+
     from edge_search.tasks.digits_cnn import _load_checkpoint, shrink_channels
 
     assert trained.checkpoint_path is not None

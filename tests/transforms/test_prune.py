@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from edge_search.config import DeployConfig
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask
 from edge_search.transforms import MagnitudePruneTransform, QuantizeTransform
 from edge_search.transforms.prune import METADATA_KEY, magnitude_prune_array, weight_initializers
-from onnx import TensorProto, helper, numpy_helper
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+
 from edge_search.config import DeployConfig
-from edge_search.errors import InvalidConfig
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask
 from edge_search.transforms import MagnitudePruneTransform, QuantizeTransform, deploy_transforms
@@ -127,5 +127,3 @@ def test_deploy_transforms_order_and_prune_path() -> None:
     assert [type(t) for t in deploy_transforms(DeployConfig(precision="int8-static", sparsity=0.5),
                                                task_prunes=True)] == [QuantizeTransform]
     assert deploy_transforms(DeployConfig()) == []
-    with pytest.raises(InvalidConfig, match="fp16"):
-        deploy_transforms(DeployConfig(precision="fp16"))
