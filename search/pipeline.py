@@ -72,8 +72,9 @@ class Pipeline:
 
     @property
     def device_cores(self) -> int:
-        cores = self.profile.latency.cores
-        return len(cores) if cores else self.profile.cpu.cores
+        from edge_search.devices import thread_cores
+
+        return thread_cores(self.profile)
 
     def check(self, config: TrialConfig) -> None:
         """Reject a configuration that cannot be deployed, before any work is spent on it."""

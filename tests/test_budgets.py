@@ -108,7 +108,8 @@ def test_load_budgets_resolves_paths_and_merges_defaults(tmp_path: Path) -> None
     spec = load_budgets(_write(tmp_path, GOOD))
     first, other = spec.models
     assert first.model == tmp_path / "m.onnx" and first.display_name == "m"
-    assert [b.label for b in spec.budgets_for(first)] == ["latency_ms +5%", "latency_p90_ms <= 12", "size_mb <= 5"]
+    labels = [b.label for b in spec.budgets_for(first)]
+    assert labels == ["latency_ms +5%", "latency_p90_ms <= 12", "size_mb <= 5"]
     assert [b.label for b in spec.budgets_for(other)] == ["latency_ms +10%"]
     assert spec.session_for(other).intra_op_threads == 2
     assert spec.measurement.min_rounds == 4

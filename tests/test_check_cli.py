@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         try:
             code = check_command.run(parser.parse_args(argv))
         except EdgeSearchError as err:
-            print(f"edge-search check: error: {err}", file=__import__("sys").stderr)
+            print(f"edge-search check: error: {err}", file=sys.stderr)
             code = err.exit_code
     out, err = capsys.readouterr()
     return code, out, err
@@ -68,7 +69,8 @@ def test_size_budgets_exit_0_and_1_with_reports(tmp_path: Path, model: Path,
     assert bench[0]["name"] == "ref size_mb" and bench[0]["unit"] == "MB" and bench[0]["value"] > 2
 
 
-def test_latency_budgets_measured_for_real(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_latency_budgets_measured_for_real(tmp_path: Path, model: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     same = tmp_path / "same.onnx"
     same.write_bytes(model.read_bytes())
     b = _budgets(tmp_path, "models:\n  - model: ref.onnx\n    budgets:\n"
@@ -112,7 +114,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path, model: Path, capsys: py
     assert len(lines) == 1 and expected in lines[0], err
 
 
-def test_missing_budgets_file_exits_2(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_budgets_file_exits_2(tmp_path: Path, model: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli([str(tmp_path / "nope.yaml")], capsys)
     assert code == 2 and "no such budgets file" in err and len(err.strip().splitlines()) == 1
 

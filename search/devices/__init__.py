@@ -45,4 +45,15 @@ def create_device(profile: DeviceProfile, **kwargs: Any) -> Device:
     return device
 
 
-__all__ = ["DEVICE_METHODS", "create_device"]
+def thread_cores(profile: DeviceProfile) -> int:
+    """Cores a deployment's thread knobs may use: for a local device, the cores measurements are
+    pinned to on this machine; otherwise the target's own (`latency.cores` or `cpu.cores`)."""
+    if profile.latency.method == "local":
+        from edge_search.devices.local import allowed_cores
+
+        return len(allowed_cores(profile))
+    cores = profile.latency.cores
+    return len(cores) if cores else profile.cpu.cores
+
+
+__all__ = ["DEVICE_METHODS", "create_device", "thread_cores"]

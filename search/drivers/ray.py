@@ -250,10 +250,10 @@ def run_ray(session: StudySession, spec: WorkerSpec, n_trials: int, progress: Ru
 
 
 def _cores(spec: WorkerSpec) -> int:
+    from edge_search.devices import thread_cores
     from edge_search.devices.profile import get_profile
 
-    profile = get_profile(spec.device, [Path(p) for p in spec.profiles])
-    return len(profile.latency.cores) if profile.latency.cores else profile.cpu.cores
+    return thread_cores(get_profile(spec.device, [Path(p) for p in spec.profiles]))
 
 
 def _best(session: StudySession) -> str:
