@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -63,25 +63,36 @@ class ResolvedModel:
 
 
 BUNDLE_MODEL = "model.onnx"
-BUNDLE_MANIFESTS = ("manifest.json", "bundle.json")
+BUNDLE_MANIFESTS = ("bundle.json", "manifest.json")
+"""Manifest names read in a bundle folder: `edge-search export` writes ``bundle.json``."""
+
+
+def _manifest_shapes(inputs: Any) -> dict[str, tuple[int, ...]]:
+    """Input name -> shape from a manifest's ``inputs``: a list of ``{name, shape}`` or a mapping."""
+    items: list[tuple[Any, Any]] = []
+    if isinstance(inputs, list):
+        items = [(i.get("name"), i.get("shape")) for i in inputs if isinstance(i, dict)]
+    elif isinstance(inputs, dict):
+        items = [(k, v.get("shape") if isinstance(v, dict) else v) for k, v in inputs.items()]
+    return {str(name): tuple(shape) for name, shape in items
+            if name and isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)}
 
 
 def resolve_model(path: Path) -> ResolvedModel:
-    """An ONNX file as it is; a bundle folder as its ``model.onnx`` plus its manifest's session knobs.
+    """An ONNX file as it is; a bundle folder as its model plus the manifest's session knobs and shapes.
 
-    The manifest (``manifest.json``/``bundle.json``) is read leniently: a ``session`` mapping of
-    `SessionKnobs` fields and an ``inputs`` mapping of input name to shape (or to ``{"shape": ...}``)
-    are used when present. Raises `InputError` for a folder without ``model.onnx``.
+    The manifest (``bundle.json`` as `edge-search export` writes it, or ``manifest.json``) gives
+    the model file (``model.file``, default ``model.onnx``), the session knobs (``session_options``
+    or ``session``: the `SessionKnobs` fields; others such as ``allow_spinning`` are ignored) and
+    the measured input shapes (``inputs``). Raises `InputError` for a folder without a model.
     """
     if not path.is_dir():
         if not path.is_file():
             raise InputError(f"{path}: no such model file or bundle")
         return ResolvedModel(path)
-    onnx_path = path / BUNDLE_MODEL
-    if not onnx_path.is_file():
-        raise InputError(f"{path}: a bundle folder needs {BUNDLE_MODEL}")
     session: SessionKnobs | None = None
     shapes: dict[str, tuple[int, ...]] = {}
+    model_file = BUNDLE_MODEL
     for name in BUNDLE_MANIFESTS:
         mpath = path / name
         if not mpath.is_file():
@@ -90,20 +101,23 @@ def resolve_model(path: Path) -> ResolvedModel:
             manifest = json.loads(mpath.read_text())
         except ValueError as err:
             raise InputError(f"{mpath}: not valid JSON: {err}") from None
-        raw = manifest.get("session") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            raise InputError(f"{mpath}: a bundle manifest must be a JSON object")
+        model = manifest.get("model")
+        if isinstance(model, dict) and isinstance(model.get("file"), str):
+            model_file = model["file"]
+        raw = manifest.get("session_options", manifest.get("session"))
         if isinstance(raw, dict):
             known = {k: v for k, v in raw.items() if k in SessionKnobs.model_fields}
             try:
                 session = SessionKnobs.model_validate(known)
             except ValidationError as err:
-                raise InputError(f"{mpath}: session: {err.errors()[0]['msg']}") from None
-        inputs = manifest.get("inputs") if isinstance(manifest, dict) else None
-        if isinstance(inputs, dict):
-            for iname, spec in inputs.items():
-                shape = spec.get("shape") if isinstance(spec, dict) else spec
-                if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
-                    shapes[str(iname)] = tuple(shape)
+                raise InputError(f"{mpath}: session options: {err.errors()[0]['msg']}") from None
+        shapes = _manifest_shapes(manifest.get("inputs"))
         break
+    onnx_path = path / model_file
+    if not onnx_path.is_file():
+        raise InputError(f"{path}: a bundle folder needs {model_file}")
     return ResolvedModel(onnx_path, "bundle", session, shapes)
 
 

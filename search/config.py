@@ -58,6 +58,11 @@ class DeployConfig(BaseModel):
     """int8: which op types to quantise (`all`: ONNX Runtime's default set)."""
     weight_only_block_size: Literal[16, 32, 64, 128] = 32
     """int4-weight/int8-weight: weights per quantisation block along the reduction axis."""
+    keep_fp32_top_k: int = Field(0, ge=0)
+    """int8-static: keep the k nodes whose dequantisation gains the most fidelity in float32
+    (ranked by `edge_search.sensitivity`, cached per model, data and quantisation settings)."""
+    keep_fp32_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """int8-static: like `keep_fp32_top_k`, as a share of the quantisable nodes (rounded)."""
 
     def session(self) -> SessionKnobs:
         return SessionKnobs(intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
@@ -122,6 +127,15 @@ def check_deploy(deploy: DeployConfig, *, device_cores: int, device_precisions: 
                             "with 'disable' they run as fp32 plus overhead")
     if deploy.input_resolution is not None and not task_can_resize_inputs:
         raise InvalidConfig("input_resolution needs a task that can resize its inputs (onnx, torch)")
+    if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
+        if deploy.precision != "int8-static":
+            raise InvalidConfig("keep_fp32_top_k/keep_fp32_fraction need precision int8-static "
+                                f"(got {deploy.precision})")
+        if deploy.keep_fp32_top_k > 0 and deploy.keep_fp32_fraction > 0:
+            raise InvalidConfig("keep_fp32_top_k and keep_fp32_fraction are alternatives; set one")
+        if deploy.keep_fp32 != "none":
+            raise InvalidConfig(f"keep_fp32={deploy.keep_fp32} and the sensitivity-ranked "
+                                "keep_fp32_top_k/keep_fp32_fraction are alternatives; set one")
     if deploy.channel_prune > 0 and not task_can_prune_channels:
         raise InvalidConfig("channel_prune needs a task that can rebuild the network (a trainable task)")
     if deploy.finetune_epochs > 0 and not task_can_finetune:

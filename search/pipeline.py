@@ -6,9 +6,10 @@ model with ONNX Runtime -> measure it on the device (cached by model bytes + dev
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InvalidConfig
 from edge_search.space import Constraint
-from edge_search.tasks.base import ModelArtifact, Task
+from edge_search.tasks.base import EpochCallback, ModelArtifact, Task, TrainingStopped
 
 STAGES = ("gate", "train", "prune", "transform", "evaluate", "measure")
 GATED_METRICS = ("latency_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms")
@@ -29,6 +30,60 @@ GATED_METRICS = ("latency_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_
 
 class GatedOut(InvalidConfig):
     """A trial stopped before training by the latency gate; recorded as pruned with the reason."""
+
+
+class StoppedEarly(InvalidConfig):
+    """A trial whose training was stopped as clearly dominated; recorded as pruned with the reason."""
+
+    def __init__(self, reason: str, curve: dict[int, float]) -> None:
+        super().__init__(reason)
+        self.curve = curve
+
+
+@dataclass
+class EarlyStopRule:
+    """Stop training a trial that is clearly dominated part-way through (multi-objective ASHA-style).
+
+    At rung epochs (2, 4, 8, … below the trial's total), the trial is stopped when at least
+    `min_dominators` finished trials were at least as fast (their measured median latency vs this
+    trial's untrained-network latency from the gate) AND more accurate on validation at the same
+    epoch by `margin`. Only trials that are dominated in both objectives are stopped, so a fast but
+    less accurate configuration survives. `peers()` returns (validation curve, latency_ms) of
+    finished trials; drivers wire it to their study.
+    """
+
+    peers: Callable[[], list[tuple[dict[int, float], float]]]
+    margin: float = 0.02
+    min_dominators: int = 2
+
+    def callback(self, latency_ms: float) -> _EpochRecorder:
+        return _EpochRecorder(lambda epoch, acc: not self.dominated(epoch, acc, latency_ms))
+
+    def dominated(self, epoch: int, acc: float, latency_ms: float) -> bool:
+        if epoch & (epoch - 1) or epoch < 2:  # rungs at powers of two
+            return False
+        better = [c for c, lat in self.peers()
+                  if lat <= latency_ms and c.get(epoch, -1.0) >= acc + self.margin]
+        return len(better) >= self.min_dominators
+
+
+class _EpochRecorder:
+    """Records the validation curve and asks an optional rule whether to go on."""
+
+    def __init__(self, go_on: Callable[[int, float], bool] | None) -> None:
+        self.curve: dict[int, float] = {}
+        self.go_on = go_on
+
+    def __call__(self, epoch: int, acc: float) -> bool:
+        self.curve[epoch] = acc
+        return True if self.go_on is None else self.go_on(epoch, acc)
+
+
+def _read_curve(train_key: str, cache: ArtifactCache) -> dict[int, float]:
+    p = cache.path("models", train_key) / "val_curve.json"
+    if not p.exists():
+        return {}
+    return {int(k): float(v) for k, v in json.loads(p.read_text()).items()}
 
 
 @dataclass
@@ -42,6 +97,8 @@ class TrialResult:
     cache_hits: dict[str, bool] = field(default_factory=dict)
     infeasible: list[str] = field(default_factory=list)
     """Reasons this configuration cannot be deployed on the device (e.g. does not fit in memory)."""
+    val_curve: dict[int, float] = field(default_factory=dict)
+    """Validation accuracy after each training epoch (trainable tasks), for early stopping."""
 
     @property
     def latency_source(self) -> str:
@@ -57,12 +114,14 @@ class Pipeline:
 
     def __init__(self, task: Task, device: Device, profile: DeviceProfile, cache: ArtifactCache,
                  seed: int = 0, precision_target: float = 0.02, max_measure_s: float = 5.0,
-                 constraints: Sequence[Constraint] = (), latency_gate: bool = False) -> None:
+                 constraints: Sequence[Constraint] = (), latency_gate: bool = False,
+                 early_stop: EarlyStopRule | None = None) -> None:
         """`latency_gate`: before training, measure the untrained network with the trial's deploy
         knobs and skip training when a latency constraint is surely missed (see `GatedOut`)."""
         self.task = task
         self.latency_constraints = [c for c in constraints if c.metric in GATED_METRICS]
         self.latency_gate = latency_gate
+        self.early_stop = early_stop
         self.device = device
         self.profile = profile
         self.cache = cache
@@ -89,12 +148,27 @@ class Pipeline:
         hits: dict[str, bool] = {}
         params = self.task.resolve_params(config.train)
         deploy = config.deploy
-        if self.latency_gate and self.latency_constraints and "epochs" in params:
+        gate_latency: LatencyStats | None = None
+        wants_gate = (self.latency_gate and self.latency_constraints) or (
+            self.early_stop is not None and self.task.supports_early_stop)
+        if wants_gate and "epochs" in params:
             with _timed(timings, "gate"):
-                self._gate(params, deploy)
+                gate_latency = self._gate(params, deploy)
 
+        on_epoch = None
+        if self.early_stop is not None and gate_latency is not None:
+            on_epoch = self.early_stop.callback(gate_latency.median_ms)
         with _timed(timings, "train"):
-            base_key, model, hits["train"] = self._train(params)
+            try:
+                base_key, model, hits["train"] = self._train(params, on_epoch)
+            except TrainingStopped as stop:
+                gate_ms = gate_latency.median_ms if gate_latency is not None else float("nan")
+                raise StoppedEarly(f"early stop: dominated at epoch {stop.epoch} (validation accuracy "
+                                   f"{stop.val_accuracy:.4f}, untrained latency {gate_ms:.4g} ms) "
+                                   f"by {self.early_stop.min_dominators if self.early_stop else 0}+ finished "
+                                   "trials that were at least as fast and more accurate at that epoch",
+                                   on_epoch.curve if isinstance(on_epoch, _EpochRecorder) else {}) from None
+        val_curve = _read_curve(base_key, self.cache)
         task = self._trial_task(model, params, deploy)
         with _timed(timings, "prune"):
             model_key, model, prune_hit = self._prune(base_key, model, params, deploy)
@@ -117,11 +191,11 @@ class Pipeline:
             infeasible.append(f"peak memory {latency.peak_memory_mb:.0f} MB exceeds the device's "
                               f"{self.profile.usable_memory_mb:.0f} MB usable RAM")
         return TrialResult(metrics=metrics, latency=latency, deployable=deployable, timings=timings,
-                           cache_hits=hits, infeasible=infeasible)
+                           cache_hits=hits, infeasible=infeasible, val_curve=val_curve)
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _gate(self, params: dict[str, Any], deploy: DeployConfig) -> None:
+    def _gate(self, params: dict[str, Any], deploy: DeployConfig) -> LatencyStats:
         """Measure the same architecture untrained (epochs=0, no fine-tuning): latency depends on the
         architecture and deploy knobs, not on trained weights. Raise `GatedOut` when the whole
         confidence interval (or the tail percentile) already misses a latency constraint."""
@@ -137,6 +211,7 @@ class Pipeline:
                 raise GatedOut(f"latency gate: the untrained network measures {c.metric} "
                                f"{stats.summary()[c.metric]:.4g} ms (CI low {stats.ci_low_ms:.4g}), "
                                f"constraint {c}; not trained")
+        return stats
 
     def _trial_task(self, model: ModelArtifact, params: dict[str, Any], deploy: DeployConfig) -> Task:
         """The task as this trial uses it: tasks whose data depends on the trained model or the
@@ -148,11 +223,18 @@ class Pipeline:
         bound: Task = bind(model, params, deploy)
         return bound
 
-    def _train(self, params: dict[str, Any]) -> tuple[str, ModelArtifact, bool]:
+    def _train(self, params: dict[str, Any], on_epoch: EpochCallback | None = None,
+               ) -> tuple[str, ModelArtifact, bool]:
         key = content_key("train", self.task.name, self.task.version, params, self.seed)
 
         def build(tmp: Path) -> None:
-            _normalise_artifact(self.task.train(params, tmp, self.seed), tmp)
+            if self.task.supports_early_stop:
+                recorder = on_epoch if isinstance(on_epoch, _EpochRecorder) else _EpochRecorder(None)
+                art = self.task.train(params, tmp, self.seed, on_epoch=recorder)  # type: ignore[call-arg]
+                (tmp / "val_curve.json").write_text(json.dumps(recorder.curve))
+            else:
+                art = self.task.train(params, tmp, self.seed)
+            _normalise_artifact(art, tmp)
 
         folder, hit = self.cache.entry("models", key, build)
         return key, _artifact_in(folder), hit
@@ -180,11 +262,14 @@ class Pipeline:
 
         trial_task = task or self.task
 
-        chain = deploy_transforms(deploy, task_prunes=self.task.can_train)
+        chain = deploy_transforms(deploy, task_prunes=self.task.can_train, cache=self.cache)
         knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
                                            "reduce_range", "quant_format", "sparsity", "keep_fp32",
                                            "quantize_op_types", "weight_only_block_size",
                                            "input_resolution"})
+        # mixed-precision knobs enter the key only when set, so existing cache entries stay valid
+        knobs.update({k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items()
+                      if v})
         key = content_key("deploy", model_key, [t.name for t in chain], knobs)
 
         def build(tmp: Path) -> None:

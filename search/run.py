@@ -10,7 +10,7 @@ from edge_search.cache import ArtifactCache
 from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
-from edge_search.pipeline import STAGES, Pipeline
+from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.space import SearchSpace, load_space
 from edge_search.study import StudySession, make_storage
@@ -36,6 +36,7 @@ class RunOptions:
     workers: int = 2
     ray_address: str | None = None
     latency_gate: bool = False
+    early_stop: bool = False
 
 
 @dataclass
@@ -84,7 +85,8 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
     device = open_device(profile)
     pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
                         precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
-                        constraints=space.constraints, latency_gate=opts.latency_gate)
+                        constraints=space.constraints, latency_gate=opts.latency_gate,
+                        early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
     redone = session.recover_orphans()
     session.update_front(full=True)
     started = time.time()
@@ -144,5 +146,5 @@ def _worker_spec(opts: RunOptions, space: SearchSpace, session: StudySession):  
                       tracking_uri=session.tracker.tracking_uri, cache_dir=str(opts.cache_dir.resolve()),
                       study_name=session.name, precision_target=opts.precision_target,
                       max_measure_s=opts.max_measure_s, lock_dir=str(default_lock_dir().resolve()),
-                      latency_gate=opts.latency_gate,
+                      latency_gate=opts.latency_gate, early_stop=opts.early_stop,
                       env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")})

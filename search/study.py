@@ -191,6 +191,16 @@ class StudySession:
     def n_complete(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
+    def finished_curves(self) -> list[tuple[dict[int, float], float]]:
+        """(validation curve, measured median latency) of complete trials, for early stopping."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            curve = t.user_attrs.get("val_curve")
+            metrics = t.user_attrs.get("metrics") or {}
+            if curve and "latency_ms" in metrics:
+                out.append(({int(k): float(v) for k, v in curve.items()}, float(metrics["latency_ms"])))
+        return out
+
     def n_running(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
@@ -246,6 +256,8 @@ class StudySession:
         trial.set_user_attr("latency_source", result.latency_source)
         trial.set_user_attr("latency", _latency_attr(result))
         trial.set_user_attr("deployable_path", str(result.deployable))
+        if result.val_curve:
+            trial.set_user_attr("val_curve", {str(k): v for k, v in result.val_curve.items()})
         if result.infeasible:
             trial.set_user_attr("infeasible", result.infeasible)
         if tell:
@@ -255,6 +267,9 @@ class StudySession:
                 **{f"cache_hit.{k}": str(v).lower() for k, v in result.cache_hits.items()}}
         if result.latency.extra.get("profile_version"):
             tags["profile_version"] = str(result.latency.extra["profile_version"])
+        from edge_search.sensitivity import fp32_node_tags
+
+        tags.update(fp32_node_tags(result.deployable))  # int8: the nodes left in float32
         metrics = {**result.metrics, **{f"time_{k}_s": v for k, v in result.timings.items()}}
         self.tracker.finish_trial(run_id, "COMPLETE", metrics, tags, step=trial.number)
         self.tracker.log_text(run_id, result.latency.to_json(), "latency_stats.json")

@@ -140,9 +140,11 @@ def test_bundle_folder_resolves_model_and_manifest(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "model.onnx").write_bytes(b"x")
-    (bundle / "manifest.json").write_text(json.dumps({
-        "session": {"intra_op_threads": 2, "graph_optimization": "basic", "unknown_knob": 1},
-        "inputs": {"x": {"shape": [1, 3, 8, 8]}}}))
+    (bundle / "bundle.json").write_text(json.dumps({  # as `edge-search export` writes it
+        "schema_version": 1, "kind": "edge-search-bundle", "model": {"file": "model.onnx"},
+        "session_options": {"intra_op_threads": 2, "graph_optimization": "basic", "allow_spinning": True},
+        "inputs": [{"name": "x", "type": "tensor(float)", "dims": ["batch", "3", "8", "8"],
+                    "shape": [1, 3, 8, 8]}]}))
     r = resolve_model(bundle)
     assert r.kind == "bundle" and r.onnx_path == bundle / "model.onnx"
     assert r.session is not None

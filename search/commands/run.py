@@ -31,6 +31,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-gate", action="store_true",
                    help="before training, measure the untrained network and skip training when a latency "
                         "constraint is surely missed")
+    p.add_argument("--early-stop", action="store_true",
+                   help="stop training a trial part-way when finished trials at least as fast are clearly more "
+                        "accurate at the same epoch (measures the untrained network first, like --latency-gate)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, space=args.space, trials=args.trials, study=args.study, storage=args.storage,
         sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
         profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time,
-        backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate))
+        backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate,
+        early_stop=args.early_stop))
     print(f"study {summary.study}: {summary.complete} finished trials, {len(summary.front)} on the Pareto front"
           f" ({summary.wall_s:.1f} s)")
     total = sum(summary.stage_s.values()) or 1.0

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from edge_search.config import DeployConfig, TrialConfig
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
-from edge_search.pipeline import GatedOut, Pipeline
+from edge_search.pipeline import GatedOut, Pipeline, StoppedEarly
 from edge_search.progress import RunProgress
 from edge_search.space import suggest_config
 from edge_search.study import StudySession
@@ -40,6 +40,11 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
         run_id = session.begin_trial(trial, config)
         pipeline.check(config)
         result = pipeline.evaluate(config)
+    except StoppedEarly as err:
+        trial.set_user_attr("stopped", "early-stop")
+        trial.set_user_attr("val_curve", {str(k): v for k, v in err.curve.items()})
+        session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
+        return TrialState.PRUNED, f"trial {trial.number} {err}"
     except GatedOut as err:
         trial.set_user_attr("stopped", "latency-gate")
         session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))

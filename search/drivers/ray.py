@@ -63,7 +63,8 @@ class WorkerSpec:
     precision_target: float
     max_measure_s: float
     lock_dir: str
-    latency_gate: bool = True
+    latency_gate: bool = False
+    early_stop: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -138,7 +139,7 @@ def _build_worker_state(spec: WorkerSpec) -> tuple[StudySession, Any]:
     from edge_search.cache import ArtifactCache
     from edge_search.devices import create_device
     from edge_search.devices.profile import get_profile
-    from edge_search.pipeline import Pipeline
+    from edge_search.pipeline import EarlyStopRule, Pipeline
     from edge_search.space import SearchSpace
     from edge_search.study import make_storage
     from edge_search.tasks import create_task
@@ -156,7 +157,8 @@ def _build_worker_state(spec: WorkerSpec) -> tuple[StudySession, Any]:
                                   storage=make_storage(spec.storage_url), tracker=Tracker(spec.tracking_uri))
     pipeline = Pipeline(task, device, profile, ArtifactCache(Path(spec.cache_dir)), seed=space.seed,
                         precision_target=spec.precision_target, max_measure_s=spec.max_measure_s,
-                        latency_gate=spec.latency_gate)
+                        latency_gate=spec.latency_gate,
+                        early_stop=EarlyStopRule(session.finished_curves) if spec.early_stop else None)
     return session, pipeline
 
 

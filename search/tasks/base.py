@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+EpochCallback = Callable[[int, float], bool]
+"""Called after each training epoch with (epoch, validation accuracy); False stops training."""
+
+
+class TrainingStopped(Exception):
+    """Raised by a task's `train` when its `on_epoch` callback asked it to stop."""
+
+    def __init__(self, epoch: int, val_accuracy: float) -> None:
+        super().__init__(f"stopped after epoch {epoch} (validation accuracy {val_accuracy:.4f})")
+        self.epoch = epoch
+        self.val_accuracy = val_accuracy
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class Task(abc.ABC):
     """Train knob names this task accepts, with their defaults."""
     can_train: bool = False
     """True when `prune` can rebuild and fine-tune the network (channel pruning, fine-tuning)."""
+    supports_early_stop: bool = False
+    """True when `train` accepts `on_epoch=` (multi-fidelity early stopping of dominated trials)."""
     primary_metric: str = "accuracy"
     """Name of the quality metric `evaluate` returns (`accuracy` or `fidelity`)."""
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from edge_search.tasks.base import ModelArtifact, Task
+from edge_search.tasks.base import EpochCallback, ModelArtifact, Task, TrainingStopped
 
 SPLIT_SEED = 20240611
 """Seed of the train/validation/test split; fixed so all trials share one test set."""
@@ -130,15 +130,18 @@ def _torch_deterministic(seed: int) -> Iterator[None]:
 
 
 def _fit(model: DigitsNet, splits: DigitsSplits, *, lr: float, weight_decay: float, epochs: int,
-         batch_size: int, seed: int) -> None:
-    """Adam on the training split; shuffling from a generator seeded by `seed`."""
+         batch_size: int, seed: int, on_epoch: EpochCallback | None = None) -> None:
+    """Adam on the training split; shuffling from a generator seeded by `seed`.
+
+    `on_epoch(epoch, val_accuracy)` is called after each epoch when given; returning False stops
+    training (raises `TrainingStopped`)."""
     x = torch.from_numpy(splits.x_train.copy())
     y = torch.from_numpy(splits.y_train.copy())
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         # Plain index batches rather than a DataLoader: the whole split is one small tensor.
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), batch_size):
@@ -148,6 +151,11 @@ def _fit(model: DigitsNet, splits: DigitsSplits, *, lr: float, weight_decay: flo
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x[idx]), y[idx]).backward()
             opt.step()
+        if on_epoch is not None:
+            acc = _torch_accuracy(model, splits.x_val, splits.y_val)
+            model.train()
+            if not on_epoch(epoch + 1, acc):
+                raise TrainingStopped(epoch + 1, acc)
     model.eval()
 
 
@@ -255,7 +263,10 @@ class DigitsCnnTask(Task):  # type: ignore[misc, unused-ignore]
     }
     can_train = True
 
-    def train(self, params: Mapping[str, Any], workdir: Path, seed: int) -> ModelArtifact:
+    supports_early_stop = True
+
+    def train(self, params: Mapping[str, Any], workdir: Path, seed: int,
+              on_epoch: EpochCallback | None = None) -> ModelArtifact:
         """Train with Adam for `params`; write `model.pt` and `model.onnx` under `workdir`."""
         p = self.resolve_params(params)
         splits = load_splits()
@@ -263,7 +274,7 @@ class DigitsCnnTask(Task):  # type: ignore[misc, unused-ignore]
         with _torch_deterministic(seed):
             model = DigitsNet(channels_for(float(p["width"]), int(p["depth"])))
             _fit(model, splits, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]),
-                 epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), seed=seed)
+                 epochs=int(p["epochs"]), batch_size=int(p["batch_size"]), seed=seed, on_epoch=on_epoch)
             val_acc = _torch_accuracy(model, splits.x_val, splits.y_val)
             ckpt, onnx_path = workdir / "model.pt", workdir / "model.onnx"
             _save_checkpoint(model, p, ckpt)

@@ -11,6 +11,12 @@ What is quantised: `quantize_op_types` (`conv`, `matmul` = MatMul+Gemm, or ORT's
 `keep_fp32` (the first and last Conv/Gemm/MatMul, depthwise convs, or both left in float32; their
 names are looked up on the model that is quantised, after ORT's pre-processing).
 
+Mixed precision by measured sensitivity (int8-static): `keep_fp32_top_k` / `keep_fp32_fraction`
+keep the nodes `edge_search.sensitivity` ranks most sensitive in float32 (the ranking is computed
+once per model, data and quantisation settings, and cached; the quantisation reuses its calibration
+ranges). Every quantised deployable records the nodes it left in float32 in its metadata_props
+(`edge_search.fp32_nodes`), which the study logs as the MLflow tag `fp32_nodes`.
+
 Weight-only int4/int8 (`int4-weight`, `int8-weight`) uses ORT's `MatMulNBitsQuantizer`: MatMul
 weights become blocked 4/8-bit MatMulNBits nodes (activations stay float32). ORT supports this for
 MatMul only (not Gemm or Conv), i.e. for transformer-style models.
@@ -29,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge_search.cache import ArtifactCache
 from edge_search.config import DeployConfig, KeepFp32
 from edge_search.errors import InputError
 from edge_search.tasks.base import Task
@@ -137,6 +144,10 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
 
     name = "quantize"
 
+    def __init__(self, cache: ArtifactCache | None = None) -> None:
+        """`cache`: where sensitivity rankings are kept (the pipeline's cache); None: this process only."""
+        self.cache = cache
+
     def applies(self, deploy: DeployConfig) -> bool:
         """When `precision` is `int8-dynamic` or `int8-static`."""
         return deploy.quantized
@@ -155,17 +166,42 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
             exclude = nodes_kept_fp32(named, deploy.keep_fp32)
             model_in = Path(tmp) / "named.onnx"
             onnx.save(named, str(model_in))
+            calibration: Path | None = None
+            if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
+                exclude, calibration = self._sensitive_nodes(src, named, deploy, task)
             if deploy.precision == "int8-dynamic":
                 quantize_dynamic(str(model_in), str(dst), per_channel=deploy.per_channel,
                                  reduce_range=deploy.reduce_range, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
                                  nodes_to_exclude=exclude)
             else:
-                self._static(model_in, dst, deploy, task, exclude)
+                self.quantize_static_model(model_in, dst, deploy, task, exclude, calibration_cache=calibration)
+        from edge_search.sensitivity import record_fp32_nodes
+
+        record_fp32_nodes(dst, exclude)
         log.info("quantised %s -> %s (%s) in %.2f s", src, dst, deploy.precision, time.perf_counter() - start)
 
+    def _sensitive_nodes(self, src: Path, named: onnx.ModelProto, deploy: DeployConfig,
+                         task: Task) -> tuple[list[str], Path | None]:
+        """The top-ranked nodes for `keep_fp32_top_k`/`_fraction`, and the ranking's calibration file."""
+        from edge_search.sensitivity import QuantSettings, analyse_sensitivity, kept_nodes
+
+        report = analyse_sensitivity(src, task, QuantSettings.from_deploy(deploy), cache=self.cache,
+                                     resolution=deploy.input_resolution)
+        names = {n.name for n in named.graph.node}
+        kept = [n for n in kept_nodes(deploy, report) if n in names]
+        if len(kept) < len(kept_nodes(deploy, report)):
+            log.warning("sensitivity ranking names nodes this model lacks; kept %d of them", len(kept))
+        return kept, report.calibration_file
+
     @staticmethod
-    def _static(src: Path, dst: Path, deploy: DeployConfig, task: Task, exclude: list[str]) -> None:
+    def quantize_static_model(src: Path, dst: Path, deploy: DeployConfig, task: Task, exclude: list[str],
+                              calibration_cache: Path | None = None) -> None:
+        """int8-static quantisation of a pre-processed, named model with `exclude` left in float32.
+
+        `calibration_cache`: ORT's calibration cache file; read when it exists (no calibration),
+        else written by the calibration (used by `edge_search.sensitivity` to calibrate once).
+        """
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -187,7 +223,7 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
                 per_channel=deploy.per_channel, reduce_range=deploy.reduce_range,
                 activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
-                nodes_to_exclude=exclude)
+                nodes_to_exclude=exclude, calibration_cache_path=calibration_cache)
         if captured.getvalue():
             log.debug("calibration output: %s", captured.getvalue().strip())
 

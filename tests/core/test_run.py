@@ -186,3 +186,33 @@ def test_sigkill_then_rerun_ends_with_exact_count(workdir: Path, small_space: Pa
     assert len(numbers) == len(set(numbers)) == len(trials)
     assert {r.info.status for r in runs if int(r.data.tags["trial_number"]) == failed[0].number} == {"FAILED"}
     _assert_pareto_tags_match_dominance("digits-small-host")
+
+
+def test_latency_gate_and_early_stop_mark_trials_as_stopped(workdir: Path, tmp_path: Path) -> None:
+    """The gate skips training for configurations that surely miss a latency bound; early stop ends
+    training of trials dominated part-way. Both are PRUNED with a reason and do not count."""
+    from edge_search.pipeline import EarlyStopRule
+
+    rule = EarlyStopRule(peers=lambda: [({2: 0.99, 4: 0.99, 8: 0.99}, 0.0001)] * 2)
+    assert rule.dominated(4, 0.5, latency_ms=1.0)           # two faster, more accurate peers
+    assert not rule.dominated(4, 0.98, latency_ms=1.0)      # within the margin
+    assert not rule.dominated(3, 0.5, latency_ms=1.0)       # not a rung
+    assert not rule.dominated(4, 0.5, latency_ms=0.00001)   # faster than every peer: survives
+
+    space = tmp_path / "gate.yaml"
+    space.write_text("""\
+schema_version: 1
+name: gate
+task: digits-cnn
+train: {epochs: {choices: [8, 16]}, width: {choices: [0.5, 2.0]}, depth: 1, lr: 0.02}
+deploy: {intra_op_threads: 1}
+objectives: [accuracy, latency_ms]
+constraints: ["latency_ms <= 0.000001"]
+""")
+    code = main(["run", "--space", str(space), "--trials", "1", "--latency-gate", *FAST_MEASURE])
+    assert code == 1  # every configuration is gated out, the run stops after 50 in a row
+    study = optuna.load_study(study_name="gate-host", storage="sqlite:///edge-search.db")
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned and all(t.user_attrs["stopped"] == "latency-gate" for t in pruned)
+    assert "not trained" in pruned[0].user_attrs["invalid_reason"]
+    assert not study.get_trials(states=(TrialState.COMPLETE,))
