@@ -75,7 +75,8 @@ def report_html(data: StudyData) -> str:
     sections = []
     for key, fig in figures.items():
         title = fig.layout.title.text or key
-        fig.update_layout(title=None, margin={"t": 30})  # the section heading carries it
+        # the section heading carries the title; parallel coordinates need room for axis labels
+        fig.update_layout(title=None, margin={"t": 70 if key == "parallel_coordinates" else 30})
         div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{key}",
                           config={"displaylogo": False, "responsive": True})
         sections.append(f'<section class="figure" id="{key}"><h2>{html.escape(title)}</h2>{div}</section>')

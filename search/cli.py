@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write a deployable bundle for a trial (or the whole front with --pareto)"),
     "promote": ("promote", "register a trial's bundle in the MLflow model registry, with an alias"),
     "check": ("check", "check models against latency/size/accuracy budgets (CI; exit 1 when exceeded)"),
+    "sensitivity": ("sensitivity", "rank a model's nodes by int8 sensitivity (which to keep in fp32)"),
+    "agent": ("agent", "run the board agent (serve) or show an agent's state (status)"),
 }
 
 

@@ -3,7 +3,12 @@
 Method (dequantise one at a time): the fp32 model is pre-processed and its nodes named exactly as
 `QuantizeTransform` does, calibrated **once** (ONNX Runtime's calibrator; the ranges are kept in
 ORT's calibration cache file, so no later quantisation recalibrates), quantised all-int8, and then
-quantised once more per candidate node with that node in ORT's `nodes_to_exclude`. Each model is
+quantised once more per candidate with that candidate in ORT's `nodes_to_exclude`. A candidate is
+a Conv/MatMul/Gemm node together with the chain of nodes that only it feeds (its activation, a
+residual Add, pooling, up to the next weight node or a branch): excluding the weight node alone
+would leave Q/DQ pairs on its activation and its output, so it would not really run in float32
+(on a MobileNetV2, excluding every Conv and Gemm but nothing else still left top-1 agreement at
+int8 level). Each model is
 scored with the task's own `evaluate` (fidelity to the task's fp32 model, or the task metric where
 no fidelity is reported, e.g. `digits-cnn` accuracy). A node's sensitivity is the metric gained
 over the all-int8 model when it alone stays float32; ties (top-1 agreement moves in steps of
@@ -21,12 +26,9 @@ settings and the metric, so a search pays for it once and later processes reuse 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,7 +47,7 @@ from edge_search.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 1
+SENSITIVITY_VERSION = 2
 """Bump when the method changes: it is part of the cache key."""
 QUANTISABLE_OPS = ("Conv", "MatMul", "Gemm")
 """Op types that are ranked (the weight-carrying ops int8 speeds up)."""
@@ -84,6 +86,7 @@ class NodeSensitivity:
     """One candidate node: the metric with it alone kept in float32, and the gain over all-int8."""
 
     name: str
+    """The weight node (Conv/MatMul/Gemm) that heads the candidate."""
     op_type: str
     score: float
     gain: float
@@ -92,6 +95,8 @@ class NodeSensitivity:
     """Gain in fidelity_cosine (tie-breaker), where the task reports it."""
     latency_ms: float | None = None
     """Rough in-process latency of this variant (when the analysis was asked to time)."""
+    members: tuple[str, ...] = ()
+    """Every node the candidate keeps in float32: `name` and the chain only it feeds."""
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,17 @@ class SensitivityReport:
         return [n.name for n in self.nodes]
 
     def top(self, k: int) -> list[str]:
-        """The `k` most sensitive nodes (all of them when k exceeds the candidates)."""
+        """The `k` most sensitive candidates' weight nodes (all of them when k exceeds the candidates)."""
         return self.ranking[:max(0, k)]
 
     def top_fraction(self, fraction: float) -> list[str]:
-        """The most sensitive `round(fraction * candidates)` nodes."""
-        return self.top(int(round(fraction * len(self.nodes))))
+        """The most sensitive `round(fraction * candidates)` candidates' weight nodes."""
+        return self.top(round(fraction * len(self.nodes)))
+
+    def members(self, heads: list[str]) -> list[str]:
+        """Every node the candidates headed by `heads` keep in float32 (what ORT is told to exclude)."""
+        by_name = {n.name: n for n in self.nodes}
+        return [m for h in heads for m in (by_name[h].members or (h,))]
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (the cached form and `--json`)."""
@@ -135,16 +145,17 @@ class SensitivityReport:
     def from_json(cls, d: dict[str, Any], calibration_file: Path | None = None) -> SensitivityReport:
         """Inverse of `to_json`."""
         fields = {k: v for k, v in d.items() if k not in ("nodes", "schema_version")}
-        nodes = tuple(NodeSensitivity(**n) for n in d["nodes"])
+        nodes = tuple(NodeSensitivity(**{**n, "members": tuple(n.get("members", ()))}) for n in d["nodes"])
         return cls(nodes=nodes, calibration_file=calibration_file, **fields)
 
 
 def kept_nodes(deploy: DeployConfig, report: SensitivityReport) -> list[str]:
-    """The node names `keep_fp32_top_k` / `keep_fp32_fraction` keep in float32 for `deploy`."""
+    """The node names `keep_fp32_top_k` / `keep_fp32_fraction` keep in float32 for `deploy` (the top
+    candidates' weight nodes and the chains only they feed)."""
     if deploy.keep_fp32_top_k > 0:
-        return report.top(deploy.keep_fp32_top_k)
+        return report.members(report.top(deploy.keep_fp32_top_k))
     if deploy.keep_fp32_fraction > 0:
-        return report.top_fraction(deploy.keep_fp32_fraction)
+        return report.members(report.top_fraction(deploy.keep_fp32_fraction))
     return []
 
 
@@ -177,8 +188,9 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
     """
     settings = settings or QuantSettings()
     key = sensitivity_key(model, task, settings, metric, resolution)
-    if key in _MEMO and (_MEMO[key].calibration_file is None or _MEMO[key].calibration_file.exists()):
-        return _MEMO[key]
+    memo = _MEMO.get(key)
+    if memo is not None and (memo.calibration_file is None or memo.calibration_file.exists()):
+        return memo
     if cache is not None:
         folder, _ = cache.entry("sensitivity", key, lambda tmp: _analyse_into(
             tmp, model, task, settings, metric, key, time_variants, eval_batch, progress))
@@ -209,7 +221,7 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
         tmp = Path(tmp_s)
         named = name_nodes(preprocess(model, tmp / "pre.onnx"))
         ops = _op_types(settings.quantize_op_types)
-        candidates = [(n.name, n.op_type) for n in named.graph.node if n.op_type in ops]
+        candidates = candidate_units(named, ops)
         if not candidates:
             raise InputError(f"{model}: no {'/'.join(ops)} node to quantise; nothing to rank")
         src = tmp / "named.onnx"
@@ -235,12 +247,13 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
         base = int8_scores[used]
         base_cos = int8_scores.get("fidelity_cosine")
         nodes: list[NodeSensitivity] = []
-        for i, (name, op) in enumerate(candidates):
-            scores, ms = variant([name], tmp / "variant.onnx")
+        for i, (name, op, members) in enumerate(candidates):
+            scores, ms = variant(list(members), tmp / "variant.onnx")
             cos = scores.get("fidelity_cosine")
             nodes.append(NodeSensitivity(
                 name=name, op_type=op, score=scores[used], gain=sign * (scores[used] - base),
-                cosine_gain=None if cos is None or base_cos is None else cos - base_cos, latency_ms=ms))
+                cosine_gain=None if cos is None or base_cos is None else cos - base_cos, latency_ms=ms,
+                members=members))
             if (i + 1) % 10 == 0 or i + 1 == len(candidates):
                 say(f"sensitivity: {i + 1}/{len(candidates)} nodes ({time.perf_counter() - start:.0f} s)")
     nodes.sort(key=lambda n: (-n.gain, -(n.cosine_gain or 0.0), n.name))
@@ -248,6 +261,32 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
                                settings=settings.model_dump(), eval_seconds=time.perf_counter() - start,
                                fp32_latency_ms=fp32_ms, int8_latency_ms=int8_ms, cache_key=key)
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1))
+
+
+def candidate_units(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(weight node, op type, members) per Conv/MatMul/Gemm of `ops`, in graph order.
+
+    Members: the weight node, then the nodes reached by following single consumers forward until
+    the next weight node, a branch (an output read by several nodes) or a graph output.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+    units = []
+    for node in model.graph.node:
+        if node.op_type not in ops:
+            continue
+        members, cur = [node.name], node
+        while len(cur.output) == 1 and cur.output[0] not in outputs:
+            nxt = consumers.get(cur.output[0], [])
+            if len(nxt) != 1 or nxt[0].op_type in QUANTISABLE_OPS or nxt[0].name in members:
+                break
+            cur = nxt[0]
+            members.append(cur.name)
+        units.append((node.name, node.op_type, tuple(members)))
+    return units
 
 
 def _op_types(quantize_op_types: str) -> tuple[str, ...]:
@@ -360,16 +399,3 @@ def write_figure(report: SensitivityReport, path: Path, title: str = "") -> None
         template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-
-
-def copy_calibration(report: SensitivityReport, dst: Path) -> Path | None:
-    """Copy the report's calibration cache to `dst` (for a transform outside the cache folder)."""
-    if report.calibration_file is None or not report.calibration_file.exists():
-        return None
-    shutil.copyfile(report.calibration_file, dst)
-    return dst
-
-
-# Silence ORT's histogram calibrators, which print progress to stdout.
-def _quiet() -> contextlib.redirect_stdout[io.StringIO]:
-    return contextlib.redirect_stdout(io.StringIO())

@@ -18,6 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         default=[],
         help="extra device profile file or folder (repeatable; overrides built-ins by name)",
     )
+    p.add_argument("--no-probe", action="store_true", help="do not contact the agents of agent profiles")
 
 
 def device_rows(profiles: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,16 +50,44 @@ def device_rows(profiles: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def agent_rows(profiles: dict[str, Any], timeout_s: float = 2.0) -> list[dict[str, Any]]:
+    """One row per agent of every agent profile, from a heartbeat sent now (in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_search.devices.agent import agent_token, probe
+    from edge_search.errors import EdgeSearchError
+
+    def one(name: str, address: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"profile": name, "url": address.url, "state": "down", "queue_length": None,
+                               "last_heartbeat": None, "error": ""}
+        try:
+            h = probe(address.url, agent_token(address), timeout_s)
+        except EdgeSearchError as err:
+            row["error"] = str(err)
+            return row
+        row.update(state="busy" if h.busy else "idle", queue_length=h.queue_length,
+                   last_heartbeat=h.server_time, measurements=h.measurements, agent_device=h.device)
+        return row
+
+    jobs = [(n, a) for n, p in sorted(profiles.items()) if p.latency.method == "agent" for a in p.latency.agents]
+    if not jobs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+        return list(pool.map(lambda job: one(*job), jobs))
+
+
 def run(args: argparse.Namespace) -> int:
-    """List profiles; exit 2 on a bad profile file."""
+    """List profiles (and the state of their agents); exit 2 on a bad profile file."""
     from edge_search.devices.profile import load_profiles
 
     profiles = load_profiles(args.profiles)
     rows = device_rows(profiles)
+    agents = [] if args.no_probe else agent_rows(profiles)
     if args.json:
         print(
             json.dumps(
-                {"profiles": rows, "details": {n: p.model_dump(mode="json") for n, p in profiles.items()}},
+                {"profiles": rows, "agents": agents,
+                 "details": {n: p.model_dump(mode="json") for n, p in profiles.items()}},
                 indent=2,
             )
         )
@@ -85,4 +114,16 @@ def run(args: argparse.Namespace) -> int:
             band,
         )
     Console(width=200).print(table)
+    if agents:
+        from datetime import datetime
+
+        at = Table(title="agents")
+        for col in ("profile", "agent", "state", "queue", "last heartbeat", "note"):
+            at.add_column(col)
+        for a in agents:
+            beat = datetime.fromtimestamp(a["last_heartbeat"]).isoformat(timespec="seconds") \
+                if a["last_heartbeat"] else "-"
+            queue = "-" if a["queue_length"] is None else str(a["queue_length"])
+            at.add_row(a["profile"], a["url"], a["state"], queue, beat, a["error"][:80])
+        Console(width=200).print(at)
     return 0

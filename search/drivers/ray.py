@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,12 @@ def _lease_actor_class() -> Any:
             self.holder, self.expires = holder, time.monotonic() + ttl_s
             return True
 
+        async def renew(self, holder: str, ttl_s: float) -> bool:
+            if self.holder != holder:
+                return False
+            self.expires = time.monotonic() + ttl_s
+            return True
+
         async def release(self, holder: str) -> None:
             if self.holder == holder:
                 self.holder = None
@@ -99,9 +106,14 @@ def _lease_actor_class() -> Any:
 
 
 class RayDeviceLease(DeviceLease):
-    """Exclusive device lease across a Ray cluster, then across this machine's processes."""
+    """Exclusive device lease across a Ray cluster, then across this machine's processes.
 
-    def __init__(self, local: DeviceLease | None = None, ttl_s: float = 600.0) -> None:
+    The holder renews its lease every `ttl_s / 3` seconds from a background thread; a holder that
+    dies (a killed worker) stops renewing and its lease lapses after `ttl_s`, so the device is
+    never blocked for longer than that.
+    """
+
+    def __init__(self, local: DeviceLease | None = None, ttl_s: float = 10.0) -> None:
         self.local = local or FileLease()
         self.ttl_s = ttl_s
 
@@ -115,10 +127,20 @@ class RayDeviceLease(DeviceLease):
         wait = 1e9 if timeout is None else timeout
         if not ray.get(actor.acquire.remote(holder, self.ttl_s, wait)):
             raise LeaseTimeout(f"device '{device_name}' is busy on the cluster: no lease within {wait:g} s")
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.ttl_s / 3):
+                ray.get(actor.renew.remote(holder, self.ttl_s))
+
+        renewer = threading.Thread(target=renew, name="edge-search-lease-renew", daemon=True)
+        renewer.start()
         try:
             with self.local.acquire(device_name, timeout) as inner:
                 yield LeaseHandle(device_name, time.monotonic() - t0, inner.acquired_at)
         finally:
+            stop.set()
+            renewer.join()
             ray.get(actor.release.remote(holder))
 
 

@@ -109,3 +109,35 @@ def test_ray_backend_records_into_the_same_study_and_mlflow(workdir: Path, small
     # measurements never overlapped: each holds the device lease for its whole duration
     spans = sorted({(t.user_attrs["latency"]["started_at"], t.user_attrs["latency"]["ended_at"]) for t in done})
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans)), spans
+
+
+def test_ray_worker_killed_mid_trial_loses_nothing(workdir: Path, small_space: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional back-end: pip install 'edge-search[ray]'")
+    n, storage = 5, "sqlite:///edge-search.db"
+    proc = subprocess.Popen(_cmd(small_space, "ray-kill", storage, n, "--backend", "ray", "--workers", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="ray-kill", storage=storage).get_trials()
+            except KeyError:
+                continue
+            running = [t for t in trials if t.state == TrialState.RUNNING and "owner" in t.user_attrs]
+            if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and running:
+                victim = running[0]
+                os.kill(victim.user_attrs["owner"]["pid"], signal.SIGKILL)  # the Ray worker process
+                break
+        out = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert victim is not None, "no trial was seen running in a Ray worker"
+    assert proc.returncode == 0, out[-3000:]
+    trials = optuna.load_study(study_name="ray-kill", storage=storage).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == n
+    killed = next(t for t in trials if t.number == victim.number)
+    assert killed.state == TrialState.FAIL  # told FAIL, not counted, not left RUNNING
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
