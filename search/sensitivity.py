@@ -57,6 +57,10 @@ LATENCY_RUNS = 15
 """Runs per variant for the rough in-process latency."""
 TAG_LIMIT = 5000
 """MLflow tag values are capped; longer node lists are truncated with a count."""
+Method = Literal["quantise", "dequantise"]
+DEFAULT_METHOD: Method = "quantise"
+"""`quantise`: each candidate alone int8, the rest fp32 (the damage it causes by itself);
+`dequantise`: each candidate alone fp32 in the all-int8 model (the fidelity it regains)."""
 
 
 class QuantSettings(BaseModel):
@@ -108,6 +112,7 @@ class SensitivityReport:
     int8_score: float
     nodes: tuple[NodeSensitivity, ...]
     settings: dict[str, Any]
+    method: str = DEFAULT_METHOD
     eval_seconds: float = 0.0
     fp32_latency_ms: float | None = None
     int8_latency_ms: float | None = None
@@ -166,15 +171,16 @@ _MEMO: dict[str, SensitivityReport] = {}
 
 
 def sensitivity_key(model: Path, task: Task, settings: QuantSettings, metric: str,
-                    resolution: int | None = None) -> str:
-    """Cache key: model bytes, task name + version (its data), resolution, settings, metric."""
+                    resolution: int | None = None, method: Method = DEFAULT_METHOD) -> str:
+    """Cache key: model bytes, task name + version (its data), resolution, settings, metric, method."""
     return content_key("sensitivity", SENSITIVITY_VERSION, file_sha256(model), task.name, task.version,
-                       resolution, settings.model_dump(), metric)
+                       resolution, settings.model_dump(), metric, method)
 
 
 def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None = None, *,
                         metric: str = "fidelity_top1", cache: ArtifactCache | None = None,
-                        resolution: int | None = None, time_variants: bool = False,
+                        resolution: int | None = None, method: Method = DEFAULT_METHOD,
+                        time_variants: bool = False,
                         eval_batch: int = 16, progress: Callable[[str], None] | None = None,
                         ) -> SensitivityReport:
     """Rank `model`'s Conv/MatMul/Gemm nodes by the `metric` gained when each alone stays fp32.
@@ -187,17 +193,17 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
     quantisable node or the task no calibration data.
     """
     settings = settings or QuantSettings()
-    key = sensitivity_key(model, task, settings, metric, resolution)
+    key = sensitivity_key(model, task, settings, metric, resolution, method)
     memo = _MEMO.get(key)
     if memo is not None and (memo.calibration_file is None or memo.calibration_file.exists()):
         return memo
     if cache is not None:
         folder, _ = cache.entry("sensitivity", key, lambda tmp: _analyse_into(
-            tmp, model, task, settings, metric, key, time_variants, eval_batch, progress))
+            tmp, model, task, settings, metric, method, key, time_variants, eval_batch, progress))
         report = _read(folder)
     else:
         folder = Path(tempfile.mkdtemp(prefix="edge-search-sensitivity-"))
-        _analyse_into(folder, model, task, settings, metric, key, time_variants, eval_batch, progress)
+        _analyse_into(folder, model, task, settings, metric, method, key, time_variants, eval_batch, progress)
         report = _read(folder)
     _MEMO[key] = report
     return report
@@ -209,8 +215,8 @@ def _read(folder: Path) -> SensitivityReport:
     return SensitivityReport.from_json(data, calib if calib.exists() else None)
 
 
-def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, metric: str, key: str,
-                  time_variants: bool, eval_batch: int, progress: Callable[[str], None] | None) -> None:
+def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, metric: str, method: Method,
+                  key: str, time_variants: bool, eval_batch: int, progress: Callable[[str], None] | None) -> None:
     from edge_search.transforms.quantize import QuantizeTransform, name_nodes, preprocess
 
     say = progress or (lambda msg: log.info("%s", msg))
@@ -244,20 +250,26 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
         say(f"sensitivity: calibrating once ({settings.calibration_method}, {settings.calibration_size} "
             f"samples), then {len(candidates)} candidate nodes")
         int8_scores, int8_ms = variant([], tmp / "int8.onnx")
-        base = int8_scores[used]
-        base_cos = int8_scores.get("fidelity_cosine")
+        # dequantise: gain = score(all-int8 but this candidate) - score(all-int8);
+        # quantise: gain = score(fp32) - score(only this candidate int8). Either way: keep-fp32 value.
+        ref = int8_scores if method == "dequantise" else fp32_scores
+        ref_cos = ref.get("fidelity_cosine")
+        flip = 1.0 if method == "dequantise" else -1.0
+        all_names = [n.name for n in named.graph.node]
         nodes: list[NodeSensitivity] = []
         for i, (name, op, members) in enumerate(candidates):
-            scores, ms = variant(list(members), tmp / "variant.onnx")
+            exclude = list(members) if method == "dequantise" else [n for n in all_names if n not in members]
+            scores, ms = variant(exclude, tmp / "variant.onnx")
             cos = scores.get("fidelity_cosine")
             nodes.append(NodeSensitivity(
-                name=name, op_type=op, score=scores[used], gain=sign * (scores[used] - base),
-                cosine_gain=None if cos is None or base_cos is None else cos - base_cos, latency_ms=ms,
+                name=name, op_type=op, score=scores[used], gain=flip * sign * (scores[used] - ref[used]),
+                cosine_gain=None if cos is None or ref_cos is None else flip * (cos - ref_cos), latency_ms=ms,
                 members=members))
             if (i + 1) % 10 == 0 or i + 1 == len(candidates):
                 say(f"sensitivity: {i + 1}/{len(candidates)} nodes ({time.perf_counter() - start:.0f} s)")
     nodes.sort(key=lambda n: (-n.gain, -(n.cosine_gain or 0.0), n.name))
-    report = SensitivityReport(metric=used, fp32_score=fp32_scores[used], int8_score=base, nodes=tuple(nodes),
+    report = SensitivityReport(metric=used, fp32_score=fp32_scores[used], int8_score=int8_scores[used],
+                               nodes=tuple(nodes), method=method,
                                settings=settings.model_dump(), eval_seconds=time.perf_counter() - start,
                                fp32_latency_ms=fp32_ms, int8_latency_ms=int8_ms, cache_key=key)
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=1))
