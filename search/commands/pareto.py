@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from edge_search.pareto import ParetoPoint
+if TYPE_CHECKING:
+    from edge_search.pareto import ParetoPoint
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats as sps
 
 SCHEMA_VERSION = 1
 
@@ -140,6 +139,8 @@ def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -
     if n == 0:
         raise ValueError("no samples")
     alpha = 1.0 - confidence
+    from scipy import stats as sps  # imported here: scipy.stats takes ~1 s to import
+
     lo = int(sps.binom.ppf(alpha / 2.0, n, 0.5))
     hi = int(sps.binom.isf(alpha / 2.0, n, 0.5))
     lo = max(lo - 1, 0)  # ppf gives a count; order statistic index is zero-based
@@ -202,6 +203,8 @@ def compare(baseline: LatencyStats, candidate: LatencyStats, confidence: float =
 
     def ratio_of_medians(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.median(y, axis=axis) / np.median(x, axis=axis)
+
+    from scipy import stats as sps
 
     res = sps.bootstrap((a, b), ratio_of_medians, confidence_level=confidence, n_resamples=n_resamples,
                         method="percentile", vectorized=True, rng=np.random.default_rng(seed))
