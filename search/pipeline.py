@@ -267,9 +267,12 @@ class Pipeline:
                                            "reduce_range", "quant_format", "sparsity", "keep_fp32",
                                            "quantize_op_types", "weight_only_block_size",
                                            "input_resolution"})
-        # mixed-precision knobs enter the key only when set, so existing cache entries stay valid
-        knobs.update({k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items()
-                      if v})
+        # mixed-precision knobs (and the ranking method) enter the key only when set: old entries stay valid
+        mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
+        if mixed:
+            from edge_search.sensitivity import SENSITIVITY_ID
+
+            knobs.update(mixed, sensitivity=SENSITIVITY_ID)
         key = content_key("deploy", model_key, [t.name for t in chain], knobs)
 
         def build(tmp: Path) -> None:

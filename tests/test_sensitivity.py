@@ -19,6 +19,7 @@ from edge_search.config import DeployConfig, check_deploy
 from edge_search.errors import InputError, InvalidConfig
 from edge_search.sensitivity import (
     FP32_NODES_KEY,
+    Method,
     QuantSettings,
     analyse_sensitivity,
     fp32_node_tags,
@@ -58,24 +59,28 @@ def _count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_ranking_calibrates_once_and_is_cached(task: OnnxModelTask, tmp_path: Path,
+@pytest.mark.parametrize("method", ["quantise", "dequantise"])
+def test_ranking_calibrates_once_and_is_cached(task: OnnxModelTask, tmp_path: Path, method: Method,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_calibrations(monkeypatch)
     cache = ArtifactCache(tmp_path / "cache")
-    report = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache)
+    report = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache, method=method)
     assert sorted(report.ranking) == ["conv1", "dw", "fc"]  # every Conv/Gemm is a candidate
     assert len(calls) == 1  # all-int8 and three per-node variants share one calibration
     assert report.fp32_score == 1.0 and report.metric == "fidelity_top1"
     gains = [(n.gain, n.cosine_gain or 0.0) for n in report.nodes]
     assert gains == sorted(gains, reverse=True)  # most sensitive first
-    for n in report.nodes:
-        assert n.gain == pytest.approx(n.score - report.int8_score)
+    for n in report.nodes:  # what keeping the candidate in fp32 is worth, by either method
+        want = n.score - report.int8_score if method == "dequantise" else report.fp32_score - n.score
+        assert n.gain == pytest.approx(want) and n.members[0] == n.name
+    assert report.method == method
+    assert dict((n.name, n.members) for n in report.nodes)["dw"] == ("dw", "pool", "flat")  # dw feeds the chain
     assert report.calibration_file is not None and report.calibration_file.exists()
     assert (cache.path("sensitivity", report.cache_key) / "report.json").exists()
 
     sensitivity._MEMO.clear()  # a new process: read back from the cache, no analysis
     monkeypatch.setattr(sensitivity, "_analyse_into", lambda *a, **k: pytest.fail("recomputed"))
-    again = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache)
+    again = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache, method=method)
     assert again.ranking == report.ranking and again.int8_score == report.int8_score
     # other quantisation settings are another analysis
     assert sensitivity.sensitivity_key(task.model_path, task, SETTINGS, "fidelity_top1") != \
@@ -94,11 +99,12 @@ def test_keep_top_k_gives_real_model_with_named_nodes_in_fp32(task: OnnxModelTas
     model = onnx.load(str(dst))
     onnx.checker.check_model(model)
     kept = fp32_nodes_of(dst)
-    assert kept == ranking[:2]
+    report = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache)
+    assert kept == report.members(ranking[:2]) and set(ranking[:2]) <= set(kept)
     producers = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name for i in model.graph.initializer}
     by_name = {n.name: n for n in model.graph.node}
-    for name in ranking:
+    for name in ranking:  # the candidates' weight nodes
         node = by_name[name]
         weight = node.input[1]
         if name in kept:  # a float node: float weights straight from an initializer (activations may
@@ -108,7 +114,7 @@ def test_keep_top_k_gives_real_model_with_named_nodes_in_fp32(task: OnnxModelTas
             assert producers[weight].op_type == "DequantizeLinear", f"{name} should be quantised"
     assert task.evaluate(dst)["fidelity_top1"] >= 0.0  # runs in ONNX Runtime
     tags = fp32_node_tags(dst)
-    assert tags == {"fp32_nodes": ",".join(kept), "fp32_node_count": "2"}
+    assert tags == {"fp32_nodes": ",".join(kept), "fp32_node_count": str(len(kept))}
     # all-int8 records an empty list; fp32 deployables record nothing
     plain = tmp_path / "int8.onnx"
     deploy_transforms(DeployConfig(precision="int8-static", calibration_size=16))[0].apply(

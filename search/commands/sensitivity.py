@@ -2,8 +2,9 @@
 
     edge-search sensitivity model.onnx --data eval.npz [--json out.json] [--figure out.html]
 
-Calibrates once, quantises the model all-int8 and once per node with that node kept in fp32, and
-prints the nodes ranked by the fidelity each one regains (see `edge_search.sensitivity`). The
+Calibrates once, then quantises the model once per Conv/MatMul/Gemm candidate (alone int8, or alone
+fp32 in the all-int8 model with `--method dequantise`) and prints the candidates ranked by the
+fidelity keeping each in fp32 is worth (see `edge_search.sensitivity`). The
 result is cached under `--cache-dir`, so the same model, data and settings are analysed once (a
 search with `keep_fp32_top_k` sharing that cache reuses it).
 """
@@ -26,6 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="write a plotly bar chart as one self-contained HTML file")
     p.add_argument("--metric", choices=("fidelity_top1", "fidelity_cosine"), default="fidelity_top1",
                    help="what a node's sensitivity is measured in (ties broken by fidelity_cosine)")
+    p.add_argument("--method", choices=("quantise", "dequantise"), default="quantise",
+                   help="quantise: each candidate alone int8 (default); dequantise: each alone fp32 in all-int8")
     p.add_argument("--calibration-size", type=int, default=32, help="calibration samples (the data's last N)")
     p.add_argument("--calibration-data", type=Path, default=None, help="separate calibration data")
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
@@ -69,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {msg}", file=sys.stderr, flush=True)
 
     report = analyse_sensitivity(task.model_path, task, settings, metric=args.metric,
-                                 cache=ArtifactCache(args.cache_dir), time_variants=not args.no_latency,
+                                 cache=ArtifactCache(args.cache_dir), method=args.method,
+                                 time_variants=not args.no_latency,
                                  progress=progress)
     print(format_table(report, args.top or None))
     if args.json is not None:
