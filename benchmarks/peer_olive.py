@@ -4,10 +4,13 @@ Same model, same machine: the MobileNetV2-style CNN of ``examples/`` (224x224, b
 exported by ``examples/run_byom_demo.py``'s `export_models` when missing).
 
 * **Olive** (package ``olive-ai``, in an environment of its own, never an edge-search dependency):
-  ``olive tune-session-params`` (the `OrtSessionParamsTuning` pass) on ``CPUExecutionProvider``
-  with 2 cores; it searches intra/inter-op threads, execution mode and graph optimisation level
-  for the unchanged fp32 model, so its fidelity is 1.0 by construction. Olive needs a static input
-  shape, so it gets a copy of the model with the batch dimension fixed to 1.
+  its `OrtSessionParamsTuning` pass (what ``olive tune-session-params`` runs) on
+  ``CPUExecutionProvider`` with 2 cores, through ``olive.workflows.run`` with the workflow the CLI
+  builds, except for the dummy input: the CLI hard-codes a (1, 1) input (it targets LLM exports)
+  and fails on this CNN ("Invalid rank for input: input Got: 2 Expected: 4"), so the workflow
+  here declares the real (1, 3, 224, 224). It tunes intra/inter-op threads, execution mode and
+  graph optimisation level for the unchanged fp32 model, so its fidelity is 1.0 by construction.
+  It gets a copy of the model with the batch dimension fixed to 1.
 * **edge-search**: ``edge-search run --device host`` (through `run_search`) over a deploy-only
   space with the same session knobs plus precision (fp32, int8 dynamic, int8 static), per-channel
   and nodes kept in fp32; TPE, ``--trials`` finished trials, an empty artifact cache; objectives
@@ -98,34 +101,89 @@ def olive_session(settings: dict[str, Any]) -> dict[str, Any]:
             "graph_optimization": ORT_LEVELS.get(int(level), "all")}
 
 
+OLIVE_RUNNER = """\
+import json, sys
+from olive.workflows import run
+config = json.loads(open(sys.argv[1]).read())
+out = run(config)
+models = out.get_output_models()
+json.dump([m.get_inference_config() for m in models], open(sys.argv[2], "w"), indent=1, default=str)
+"""
+
+
+def olive_config(model: Path, out: Path) -> dict[str, Any]:
+    """The workflow `olive tune-session-params` builds, with the model's real input shape: the CLI
+    hard-codes a (1, 1) dummy input (it targets Hugging Face LLM exports), which fails on a CNN,
+    and without a search strategy the pass evaluates only ORT's default session."""
+    cores = os.cpu_count() or 1
+    return {
+        "input_model": {"type": "ONNXModel", "model_path": str(model)},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [{"name": "tuning_data", "type": "dummydatacontainer", "load_dataset_config": {
+            "type": "dummy_dataset", "input_shapes": [list(SHAPES["input"])], "input_names": ["input"],
+            "input_types": ["float32"], "max_samples": 32}}],
+        "passes": {"session_params_tuning": {
+            "type": "OrtSessionParamsTuning", "data_config": "tuning_data", "cpu_cores": cores,
+            # the search space (Olive's defaults search nothing: one ORT-default session)
+            "execution_mode_list": _categorical([0, 1]),          # ORT_SEQUENTIAL, ORT_PARALLEL
+            "opt_level_list": _categorical([0, 1, 2, 99]),        # disable, basic, extended, all
+            "intra_thread_num_list": _categorical(list(range(1, cores + 1))),
+            "inter_thread_num_list": _categorical(list(range(1, cores + 1)))}},
+        "evaluators": {"latency": {"metrics": [{"name": "latency", "type": "latency", "sub_types": [
+            {"name": "avg", "priority": 1}],
+            "data_config": "tuning_data"}]}},
+        "evaluator": "latency",
+        "search_strategy": {"execution_order": "joint", "sampler": "sequential"},
+        "host": "local_system", "target": "local_system", "output_dir": str(out), "log_severity_level": 0,
+        "evaluate_input_model": False,
+    }
+
+
+def _categorical(values: list[Any]) -> dict[str, Any]:
+    return {"olive_parameter_type": "SearchParameter", "type": "Categorical", "support": values}
+
+
 def run_olive(venv: Path) -> dict[str, Any]:
-    olive = venv / "bin" / "olive"
-    if not olive.exists():
-        return {"status": "skipped", "reason": f"{olive} not found: create the environment as the docstring says"}
-    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import olive; print(olive.__version__)"],
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return {"status": "skipped", "reason": f"{python} not found: create the environment as the docstring says"}
+    version = subprocess.run([str(python), "-c", "import olive; print(olive.__version__)"],
                              capture_output=True, text=True).stdout.strip()
+    if not version:
+        return {"status": "skipped", "reason": f"olive-ai is not importable with {python}"}
     model = static_batch_copy(MODEL, FOLDER / "mobilenet_v2_b1.onnx")
     out = FOLDER / "olive-out"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(olive), "tune-session-params", "-m", str(model), "-o", str(out), "--device", "cpu",
-           "--providers_list", "CPUExecutionProvider", "--cpu_cores", str(os.cpu_count() or 1),
-           "--disable_telemetry", "--log_level", "1"]
+    shutil.rmtree(FOLDER / ".olive-cache", ignore_errors=True)  # Olive caches runs: a rerun would tune nothing
+    (FOLDER / "olive_runner.py").write_text(OLIVE_RUNNER)
+    (FOLDER / "olive_config.json").write_text(json.dumps(olive_config(model, out), indent=1))
+    result_file = FOLDER / "olive_result.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [str(python), str(FOLDER / "olive_runner.py"), str(FOLDER / "olive_config.json"), str(result_file)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OLIVE_DISABLE_TELEMETRY": "1"}
     load0 = loadavg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=FOLDER, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
-    (FOLDER / "olive.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-    res: dict[str, Any] = {"version": version, "command": " ".join(cmd), "wall_s": wall, "returncode": proc.returncode,
-                           "loadavg_start": load0, "loadavg_end": loadavg(), "log": str(FOLDER / "olive.log")}
-    files = sorted(out.glob("*.json")) if out.exists() else []
-    if proc.returncode != 0 or not files:
-        res.update(status="failed", reason=(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"])
+    log = proc.stdout + "\n--- stderr ---\n" + proc.stderr
+    (FOLDER / "olive.log").write_text(log)
+    res: dict[str, Any] = {"version": version, "pass": "OrtSessionParamsTuning (olive.workflows.run)",
+                           "wall_s": wall, "returncode": proc.returncode, "loadavg_start": load0,
+                           "loadavg_end": loadavg(), "log": str(FOLDER / "olive.log"),
+                           "configs_tried": log.count("Running tuning with params"),
+                           "olive_latency_lines": [ln.strip() for ln in log.splitlines()
+                                                   if "Tuning result with params" in ln or "Best result" in ln][-20:]}
+    own = [float(ln.rsplit("=", 1)[1]) for ln in log.splitlines() if "Tuning result with params" in ln]
+    res["olive_own_best_avg_ms"] = min(own) if own else None
+    """Olive's own figure: mean latency of its best session over its 32-sample dummy loader."""
+    failed = [ln for ln in log.splitlines() if "evaluation failed" in ln.lower() or "Error" in ln]
+    settings = json.loads(result_file.read_text()) if result_file.exists() else []
+    settings = [s for s in settings if s and s.get("session_options")]
+    if proc.returncode != 0 or not settings:
+        res.update(status="failed", reason=(failed or log.strip().splitlines() or ["no output"])[-1][:500])
         return res
-    settings = json.loads(files[0].read_text())
-    res.update(status="ok", settings=settings, session=olive_session(settings))
-    own = [line for line in (proc.stdout + proc.stderr).splitlines() if "latency" in line.lower()]
-    res["olive_log_latency_lines"] = own[-5:]
+    res.update(status="ok", settings=settings[0], session=olive_session(settings[0]))
     return res
 
 
@@ -194,7 +252,8 @@ def main() -> int:
     FOLDER.mkdir(parents=True, exist_ok=True)
     print(f"olive: tune-session-params (load {loadavg()})", flush=True)
     olive = run_olive(args.olive_venv)
-    print(f"  {olive.get('status')}: wall {olive.get('wall_s', 0):.0f} s; "
+    print(f"  {olive.get('status')}: wall {olive.get('wall_s', 0):.0f} s, {olive.get('configs_tried')} sessions tried, "
+          f"Olive's own best mean {olive.get('olive_own_best_avg_ms')} ms; "
           + (f"session {olive['session']}" if olive.get("status") == "ok" else f"reason {olive.get('reason')}"),
           flush=True)
     print(f"edge-search: run --trials {args.trials} (load {loadavg()})", flush=True)
