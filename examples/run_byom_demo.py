@@ -64,14 +64,17 @@ def run_study(space: str, trials: int, measure_s: float) -> str:
     return summary.study
 
 
-def baseline_ms(model: Path, shapes: dict[str, tuple[int, ...]], threads: int, measure_s: float) -> float:
-    """Median latency of the fp32 model in a default session with `threads` intra-op threads."""
+def baseline_ms(model: Path, shapes: dict[str, tuple[int, ...]], threads: int, measure_s: float,
+                session: dict[str, object] | None = None) -> float:
+    """Median latency of `model` in a default session with `threads` intra-op threads, or in the
+    trial's own `session` knobs when given."""
     from edge_search.devices.base import MeasureRequest, SessionKnobs
     from edge_search.devices.local import LocalDevice
     from edge_search.devices.profile import get_profile
 
     device = LocalDevice(get_profile("host"))
-    req = MeasureRequest(model_path=model, session=SessionKnobs(intra_op_threads=threads), shapes=shapes,
+    knobs = SessionKnobs(**session) if session else SessionKnobs(intra_op_threads=threads)  # type: ignore[arg-type]
+    req = MeasureRequest(model_path=model, session=knobs, shapes=shapes,
                          precision_target=0.03, max_time_s=measure_s)
     return device.measure(req).median_ms
 
@@ -110,8 +113,10 @@ def report(study_name: str, model: Path, measure_s: float) -> None:
               if k.startswith("deploy.")}
     # Re-measure the best deployable back to back with the baselines, so all three figures share
     # the machine's conditions (a search's measurements are minutes apart).
+    session = {k: params[k] for k in ("intra_op_threads", "inter_op_threads", "graph_optimization",
+                                      "execution_mode")}
     best_now = baseline_ms(Path(best.user_attrs["deployable_path"]), shapes, int(params["intra_op_threads"]),
-                           measure_s)
+                           measure_s, session)
     base1 = baseline_ms(model, shapes, 1, measure_s)
     base_ort = baseline_ms(model, shapes, os.cpu_count() or 1, measure_s)
     print(f"best batch-1 trial with fidelity_top1 >= 0.99: #{best.number} precision={params['precision']} "
