@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_search.cache import ArtifactCache
-from edge_search.devices.profile import DeviceProfile, get_profile
+from edge_search.devices import create_device
+from edge_search.devices.profile import get_profile
 from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
@@ -55,12 +56,6 @@ def default_study_name(space: SearchSpace, device: str) -> str:
     return f"{space.name}-{device}"
 
 
-def open_device(profile: DeviceProfile):  # type: ignore[no-untyped-def]
-    from edge_search.devices import create_device
-
-    return create_device(profile)
-
-
 def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: ignore[no-untyped-def]
     """Open or resume the study and evaluate trials until `opts.trials` have finished."""
     if opts.trials < 1:
@@ -82,7 +77,7 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
-    device = open_device(profile)
+    device = create_device(profile)
     pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
                         precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
                         constraints=space.constraints, latency_gate=opts.latency_gate,

@@ -54,7 +54,7 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
         return TrialState.PRUNED, f"trial {trial.number} invalid: {err}"
     except InputError:
         raise
-    except (EdgeSearchError, Exception) as err:  # a failed trial must not end the study
+    except Exception as err:  # a failed trial must not end the study
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
         session.reject_trial(trial, run_id, TrialState.FAIL, reason)
