@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from edge_search.devices import calibration as cal
-from edge_search.devices.opclass import class_group, graph_costs
+from edge_search.devices.emulation import calibration as cal
+from edge_search.devices.emulation.opclass import class_group, graph_costs
+from edge_search.devices.emulation.reference_suite import HOST_SUITE, export
 from edge_search.devices.profile import get_profile
-from edge_search.devices.reference_suite import HOST_SUITE, export
 
 RESULTS = Path(__file__).resolve().parent / "results" / "emulator_validation.json"
 

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +63,7 @@ def shape(value: Any) -> Any:
 
 def json_outputs(workdir: Path) -> dict[str, Any]:
     """The JSON each command writes, on a tiny model and a tiny study made in `workdir`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "devices"))
-    from tiny_conv import tiny_conv  # type: ignore[import-not-found]
+    from tests.devices.tiny_conv import tiny_conv
 
     os.chdir(workdir)
     os.environ["EDGE_SEARCH_LOCK_DIR"] = str(workdir / "locks")

@@ -1,0 +1,260 @@
+"""Deployable bundles: a trial's ONNX model with everything needed to run it as it was measured.
+
+A bundle is a folder:
+
+- `model.onnx`: the deployable model (from the artifact cache, else the trial's MLflow run);
+- `bundle.json`: the exact ONNX Runtime session options, the input spec at the measured batch
+  size, the latency with its source (measured/emulated) and device, the accuracy and every metric,
+  the trial's knobs, and provenance (study, space hash, task and version, package versions);
+- `latency_stats.json`: the full `LatencyStats` (raw samples) when the trial's MLflow run has it;
+- `runtime.py`: `edge_search.bundle.runtime`, which runs the bundle with numpy + onnxruntime only.
+
+`export_front` writes one bundle per front configuration under `trial-NNNN/` plus `front.json`,
+which `edge_search.runtime.SwitchingRuntime` switches between.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from edge_search import __version__
+from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_SCHEMA, FRONT_FILE
+from edge_search.cache import file_sha256
+from edge_search.errors import InputError
+from edge_search.pareto import front_trials, is_feasible, objective_names
+from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("onnxruntime", "onnx", "numpy", "optuna", "mlflow", "torch", "scikit-learn")
+
+
+def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """The complete trial `number`, or an input error saying why it cannot be exported."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise InputError(f"study '{study.study_name}' has no trial {number} (trials 0..{len(trials) - 1})")
+    t = trials[number]
+    if t.state != TrialState.COMPLETE:
+        raise InputError(f"trial {number} of study '{study.study_name}' is {t.state.name}, not COMPLETE")
+    return t
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a model and its latency (absent ones left out)."""
+    out = {"edge-search": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _task_version(study: optuna.Study) -> str | None:
+    space = study.user_attrs.get("space") or {}
+    task = space.get("task") or {}
+    name = task.get("name") if isinstance(task, dict) else study.user_attrs.get("task")
+    try:
+        from edge_search.tasks import TASKS
+
+        module_name, _, attr = TASKS[str(name)].partition(":")
+        import importlib
+
+        return str(getattr(importlib.import_module(module_name), attr).version)
+    except Exception as err:  # task not importable here (e.g. torch missing): recorded as unknown
+        log.info("task version of %s unknown: %s", name, err)
+        return None
+
+
+def _mlflow_text(tracker: Tracker | None, run_id: str | None, path: str) -> str | None:
+    if tracker is None or not run_id:
+        return None
+    try:
+        from edge_search.dashboards.data import read_run_artifact
+
+        return read_run_artifact(tracker.client, run_id, path)
+    except Exception:
+        return None
+
+
+def _model_file(trial: FrozenTrial, tracker: Tracker | None, base_dir: Path, dst: Path) -> None:
+    recorded = Path(trial.user_attrs.get("deployable_path", ""))
+    path = recorded if recorded.is_absolute() else base_dir / recorded
+    if path.is_file():
+        shutil.copyfile(path, dst)
+        return
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if tracker is not None and run_id:
+        try:
+            got = tracker.client.download_artifacts(run_id, "model/model.onnx", str(dst.parent))
+            shutil.move(got, dst)
+            return
+        except Exception as err:
+            log.info("no model artifact for trial %s: %s", trial.number, err)
+    raise InputError(f"the deployable model of trial {trial.number} is neither in the cache ({path}) nor "
+                     "in its MLflow run (only front trials carry it); rerun the study to rebuild the cache")
+
+
+def _input_spec(model: Path, batch_size: int) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    specs = []
+    for i in sess.get_inputs():
+        dims = [d if isinstance(d, int) else None for d in i.shape]
+        shape = [batch_size if (k == 0 and d is None) else d for k, d in enumerate(dims)]
+        if any(d is None for d in shape):
+            raise InputError(f"{model}: input '{i.name}' has a symbolic dimension beyond the batch: "
+                             f"{i.shape}")
+        specs.append({"name": i.name, "type": i.type, "dims": [str(d) for d in i.shape], "shape": shape})
+    return specs
+
+
+def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, Any] | None,
+                    model: Path) -> dict[str, Any]:
+    """The `bundle.json` document for a trial whose model is at `model`."""
+    params = dict(trial.user_attrs.get("config_params", trial.params))
+    deploy = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("deploy.")}
+    train = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("train.")}
+    metrics = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
+    summary = trial.user_attrs.get("latency") or {}
+    knobs = dict((stats or {}).get("knobs") or {})
+    session = {"intra_op_threads": int(deploy.get("intra_op_threads", 1)),
+               "inter_op_threads": int(deploy.get("inter_op_threads", 1)),
+               "graph_optimization": deploy.get("graph_optimization", "all"),
+               "execution_mode": deploy.get("execution_mode", "sequential"),
+               "providers": ["CPUExecutionProvider"], "allow_spinning": True, **knobs}
+    device = str((stats or {}).get("device") or study.user_attrs.get("device", ""))
+    latency = {
+        "median_ms": metrics.get("latency_ms", summary.get("median_ms")),
+        **{k: metrics.get(f"latency_{k}") for k in ("p90_ms", "p95_ms", "p99_ms", "ci_low_ms", "ci_high_ms")},
+        "source": trial.user_attrs.get("latency_source", summary.get("source", "")),
+        "device": device, "profile_version": study.user_attrs.get("profile_version"),
+        "samples": summary.get("samples"), "stop_reason": summary.get("stop_reason"),
+        "warnings": summary.get("warnings", []), "measured_at": summary.get("measured_at"),
+        "cores_used": ((stats or {}).get("host") or {}).get("cores_used"),
+    }
+    batch = int(deploy.get("batch_size", 1))
+    names = objective_names(study)
+    primary = "accuracy" if "accuracy" in metrics else next(iter(metrics), "accuracy")
+    return {
+        "schema_version": BUNDLE_SCHEMA, "kind": "edge-search-bundle",
+        "study": study.study_name, "trial": trial.number,
+        "model": {"file": "model.onnx", "sha256": file_sha256(model), "size_bytes": model.stat().st_size},
+        "session_options": session,
+        "inputs": _input_spec(model, batch), "batch_size": batch,
+        "latency": latency,
+        "accuracy": metrics.get(primary), "accuracy_metric": primary, "metrics": metrics,
+        "objectives": {n: v for n, v in zip(names, trial.values or (), strict=True)},
+        "feasible": is_feasible(trial),
+        "config": {"train": train, "deploy": deploy},
+        "provenance": {
+            "space_hash": study.user_attrs.get("space_hash"), "task": study.user_attrs.get("task"),
+            "task_version": _task_version(study), "device": study.user_attrs.get("device"),
+            "profile_version": study.user_attrs.get("profile_version"),
+            "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR),
+            "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR),
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "packages": package_versions(),
+        },
+    }
+
+
+def export_trial(study: optuna.Study, number: int, out: Path, tracker: Tracker | None = None,
+                 base_dir: Path = Path(), runtime: bool = True) -> Path:
+    """Write the bundle of trial `number` into folder `out` (created; existing files replaced)."""
+    trial = get_trial(study, number)
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / "model.onnx"
+    _model_file(trial, tracker, base_dir, model)
+    stats_text = _mlflow_text(tracker, trial.user_attrs.get(RUN_ID_ATTR), "latency_stats.json")
+    stats = json.loads(stats_text) if stats_text else None
+    if stats_text:
+        (out / "latency_stats.json").write_text(stats_text, encoding="utf-8")
+    manifest = bundle_manifest(study, trial, stats, model)
+    (out / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    if runtime:
+        _copy_runtime(out)
+    return out
+
+
+def export_front(study: optuna.Study, out: Path, tracker: Tracker | None = None,
+                 base_dir: Path = Path()) -> list[Path]:
+    """One bundle per front configuration under `out/trial-NNNN/`, and `out/front.json` listing them
+    from the most accurate to the least."""
+    trials = front_trials(study)
+    if not trials:
+        raise InputError(f"study '{study.study_name}' has no feasible trial on its front")
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    paths = []
+    for t in trials:
+        folder = export_trial(study, t.number, out / f"trial-{t.number:04d}", tracker, base_dir,
+                              runtime=False)
+        manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+        entries.append({"trial": t.number, "dir": folder.name, "accuracy": manifest["accuracy"],
+                        "latency_ms": manifest["latency"]["median_ms"], "objectives": manifest["objectives"]})
+        paths.append(folder)
+    entries.sort(key=lambda e: (-(e["accuracy"] or 0.0), e["latency_ms"] or 0.0))
+    front = {"schema_version": BUNDLE_SCHEMA, "kind": "edge-search-front", "study": study.study_name,
+             "device": study.user_attrs.get("device"), "configurations": entries}
+    (out / FRONT_FILE).write_text(json.dumps(front, indent=2) + "\n", encoding="utf-8")
+    _copy_runtime(out)
+    return paths
+
+
+def _copy_runtime(out: Path) -> None:
+    from edge_search.bundle import runtime
+
+    shutil.copyfile(Path(runtime.__file__), out / "runtime.py")
+
+
+def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: str, alias: str = "champion",
+                  budget: str | None = None, base_dir: Path = Path()) -> str:
+    """Log the trial's bundle to its MLflow run under `bundle/`, register it as a new version of
+    model `name`, point `alias` at it and tag it (device, budget, study, trial, latency, accuracy).
+    Returns the version number."""
+    import tempfile
+
+    trial = get_trial(study, number)
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if not run_id:
+        raise InputError(f"trial {number} of study '{study.study_name}' has no MLflow run to register from")
+    client = tracker.client
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_trial(study, number, Path(tmp) / "bundle", tracker, base_dir)
+        manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
+        client.log_artifacts(run_id, str(folder), artifact_path="bundle")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, tags={"edge_search.study": study.study_name},
+                                       description="Registered by edge-search promote")
+    space = study.user_attrs.get("space") or {}
+    from edge_search.space import Constraint
+
+    constraints = "; ".join(str(Constraint.model_validate(c)) for c in space.get("constraints") or [])
+    lat = manifest["latency"]
+    tags = {"device": str(lat["device"] or study.user_attrs.get("device", "")),
+            "budget": budget if budget is not None else constraints,
+            "study": study.study_name, "trial": str(number), "latency_ms": str(lat["median_ms"]),
+            "latency_source": str(lat["source"]), "accuracy": str(manifest["accuracy"]),
+            "space_hash": str(study.user_attrs.get("space_hash", ""))}
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/bundle"
+    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
+                                          description=f"trial {number} of study {study.study_name}")
+    client.set_registered_model_alias(name, alias, version.version)
+    tracker.set_tags(run_id, {"registered_model": f"{name}/{version.version}"})
+    return str(version.version)

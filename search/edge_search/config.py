@@ -1,0 +1,142 @@
+"""One trial's configuration as plain typed objects: train params plus deploy knobs.
+
+`DeployConfig` lists every deploy knob edge-search knows, with its default; `check_deploy` rejects
+combinations that cannot be deployed, before any training or measuring is spent on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge_search.devices.base import SessionKnobs
+from edge_search.errors import InvalidConfig
+
+Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
+
+#: The device precision (a device profile's `precisions`) each deploy precision needs. Weight-only
+#: int4/int8 (ONNX Runtime's MatMulNBits) keeps activations in fp32 and dequantises weights in the
+#: kernel, so it runs wherever fp32 does.
+DEVICE_PRECISION: dict[str, str] = {
+    "fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8",
+    "int8-weight": "fp32", "int4-weight": "fp32",
+}
+
+KeepFp32 = Literal["none", "first_last", "depthwise", "first_last_depthwise"]
+QuantizeOpTypes = Literal["all", "conv", "matmul"]
+
+
+class DeployConfig(BaseModel):
+    """Deployment knobs; field names are the names a space's `deploy:` section uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    precision: Precision = "fp32"
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_size: int = Field(256, ge=1)
+    per_channel: bool = False
+    reduce_range: bool = False
+    quant_format: Literal["qdq", "qoperator"] = "qdq"
+    sparsity: float = Field(0.0, ge=0.0, lt=1.0)
+    """Unstructured magnitude pruning: share of weights set to zero."""
+    channel_prune: float = Field(0.0, ge=0.0, lt=1.0)
+    """Structured pruning: share of conv channels removed (the network really shrinks)."""
+    finetune_epochs: int = Field(0, ge=0)
+    """Epochs of fine-tuning after pruning; no effect (and not part of any cache key) when unpruned."""
+    intra_op_threads: int = Field(1, ge=1)
+    inter_op_threads: int = Field(1, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    batch_size: int = Field(1, ge=1)
+    input_resolution: int | None = Field(None, ge=8)
+    """Square input side (height = width) for image models with dynamic spatial axes; None keeps
+    the data's own resolution. Only tasks that can resize their data accept it (`onnx`, `torch`)."""
+    keep_fp32: KeepFp32 = "none"
+    """int8: nodes left unquantised: the first and last Conv/Gemm/MatMul, depthwise convs, or both."""
+    quantize_op_types: QuantizeOpTypes = "all"
+    """int8: which op types to quantise (`all`: ONNX Runtime's default set)."""
+    weight_only_block_size: Literal[16, 32, 64, 128] = 32
+    """int4-weight/int8-weight: weights per quantisation block along the reduction axis."""
+    keep_fp32_top_k: int = Field(0, ge=0)
+    """int8-static: keep the k nodes whose dequantisation gains the most fidelity in float32
+    (ranked by `edge_search.transforms.quantize.sensitivity`, cached per model, data and quantisation settings)."""
+    keep_fp32_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """int8-static: like `keep_fp32_top_k`, as a share of the quantisable nodes (rounded)."""
+
+    def session(self) -> SessionKnobs:
+        return SessionKnobs(intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
+                            graph_optimization=self.graph_optimization, execution_mode=self.execution_mode)
+
+    @property
+    def quantized(self) -> bool:
+        """int8 dynamic or static (activations and weights); weight-only precisions are not."""
+        return self.precision in ("int8-dynamic", "int8-static")
+
+    @property
+    def weight_only_bits(self) -> int | None:
+        """4 or 8 for the weight-only precisions, else None."""
+        return {"int4-weight": 4, "int8-weight": 8}.get(self.precision)
+
+    @property
+    def pruned(self) -> bool:
+        return self.sparsity > 0 or self.channel_prune > 0
+
+
+DEPLOY_KNOBS: dict[str, Any] = {name: f.default for name, f in DeployConfig.model_fields.items()}
+
+
+class TrialConfig(BaseModel):
+    """What one trial evaluates: the task's train params and the deploy knobs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train: dict[str, Any]
+    deploy: DeployConfig
+
+    def flat_params(self) -> dict[str, Any]:
+        """`train.lr`, `deploy.precision`, ... as logged to MLflow."""
+        out = {f"train.{k}": v for k, v in sorted(self.train.items())}
+        out.update({f"deploy.{k}": v for k, v in self.deploy.model_dump().items()})
+        return out
+
+
+def check_deploy(deploy: DeployConfig, *, device_cores: int, device_precisions: tuple[str, ...],
+                 task_can_prune_channels: bool, task_can_finetune: bool,
+                 task_can_resize_inputs: bool = False) -> None:
+    """Raise `InvalidConfig` with the reason when the knobs cannot be deployed as asked.
+
+    `task_can_resize_inputs`: the task accepts `input_resolution` (bring-your-own-model tasks).
+    """
+    threads = deploy.intra_op_threads * (deploy.inter_op_threads if deploy.execution_mode == "parallel" else 1)
+    if deploy.intra_op_threads > device_cores:
+        raise InvalidConfig(f"intra_op_threads={deploy.intra_op_threads} exceeds the device's {device_cores} cores")
+    if threads > device_cores:
+        raise InvalidConfig(
+            f"intra_op_threads × inter_op_threads = {threads} oversubscribes the device's {device_cores} cores")
+    if deploy.execution_mode == "sequential" and deploy.inter_op_threads > 1:
+        raise InvalidConfig("inter_op_threads > 1 has no effect in sequential execution mode")
+    needed = DEVICE_PRECISION[deploy.precision]
+    if needed not in device_precisions:
+        why = " (CPU-only profile: ONNX Runtime's CPU provider has no fast fp16 kernels)" if (
+            needed == "fp16") else ""
+        raise InvalidConfig(f"precision {deploy.precision} is not supported by the device "
+                            f"(supported: {', '.join(device_precisions)}){why}")
+    if deploy.precision == "int8-static" and deploy.graph_optimization == "disable":
+        raise InvalidConfig("int8-static QDQ models need graph optimisation to fuse QDQ pairs; "
+                            "with 'disable' they run as fp32 plus overhead")
+    if deploy.input_resolution is not None and not task_can_resize_inputs:
+        raise InvalidConfig("input_resolution needs a task that can resize its inputs (onnx, torch)")
+    if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
+        if deploy.precision != "int8-static":
+            raise InvalidConfig("keep_fp32_top_k/keep_fp32_fraction need precision int8-static "
+                                f"(got {deploy.precision})")
+        if deploy.keep_fp32_top_k > 0 and deploy.keep_fp32_fraction > 0:
+            raise InvalidConfig("keep_fp32_top_k and keep_fp32_fraction are alternatives; set one")
+        if deploy.keep_fp32 != "none":
+            raise InvalidConfig(f"keep_fp32={deploy.keep_fp32} and the sensitivity-ranked "
+                                "keep_fp32_top_k/keep_fp32_fraction are alternatives; set one")
+    if deploy.channel_prune > 0 and not task_can_prune_channels:
+        raise InvalidConfig("channel_prune needs a task that can rebuild the network (a trainable task)")
+    if deploy.finetune_epochs > 0 and not task_can_finetune:
+        raise InvalidConfig("finetune_epochs needs a trainable task")

@@ -1,0 +1,362 @@
+"""A study as edge-search keeps it: the Optuna study (source of truth) plus its MLflow runs.
+
+`StudySession` opens or resumes a study, recovers trials orphaned by a killed process, records
+each trial's result in both places, and keeps the MLflow `pareto` tags current. Drivers (Optuna,
+Ray) decide which configurations to evaluate and call into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import psutil
+from filelock import FileLock
+from optuna.trial import FrozenTrial, TrialState
+
+from edge_search import __version__
+from edge_search.config import TrialConfig
+from edge_search.errors import InputError
+from edge_search.pareto import OBJECTIVES_ATTR, front_trials
+from edge_search.pipeline import TrialResult
+from edge_search.space import SearchSpace
+from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker, absolute_sqlite, experiment_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///edge-search.db"
+OWNER_ATTR = "owner"
+FITS_DEVICE = "fits_device"
+
+
+def make_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url` (default: SQLite file in the working directory).
+
+    SQLite through Optuna's RDB storage is safe for several processes on one machine (it waits on
+    the database lock); PostgreSQL (`postgresql://...`) shares a study across machines.
+    """
+    url = url or DEFAULT_STORAGE
+    if "://" not in url:
+        raise InputError(f"--storage '{url}' is not a database URL (e.g. sqlite:///edge-search.db)")
+    url = absolute_sqlite(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except ModuleNotFoundError as err:
+        raise InputError(f"--storage {url.split(':')[0]}: driver not installed ({err.name}); "
+                         "for PostgreSQL: pip install 'edge-search[postgres]'") from None
+    except Exception as err:  # sqlalchemy.exc.OperationalError and friends
+        raise InputError(f"--storage {url}: cannot open: {str(err).splitlines()[0]}") from None
+
+
+def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
+    """Sampler by CLI name; TPE (multivariate, grouped for conditional knobs) is the default."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=10)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed, population_size=20)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+    raise InputError(f"unknown sampler '{name}' (known: tpe, random, nsga2, nsga3, gp)")
+
+
+SAMPLERS = ("tpe", "random", "nsga2", "nsga3", "gp")
+
+
+@dataclass
+class Owner:
+    host: str
+    pid: int
+    started: float
+
+    @classmethod
+    def me(cls) -> Owner:
+        p = psutil.Process()
+        return cls(socket.gethostname(), os.getpid(), p.create_time())
+
+    def alive(self) -> bool:
+        """Whether the process that owns a trial still runs; unknown hosts count as alive."""
+        if self.host != socket.gethostname():
+            return True
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) < 1.0
+        except psutil.Error:
+            return False
+
+
+class StudySession:
+    """One process's handle on a study and its MLflow parent run."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, device: str, tracker: Tracker,
+                 sampler_name: str = "tpe") -> None:
+        self.study = study
+        self.space = space
+        self.device = device
+        self.tracker = tracker
+        self.sampler_name = sampler_name
+        self.experiment_id = tracker.experiment_id(experiment_name(space.name, device))
+        self.parent_run_id: str = study.user_attrs.get(PARENT_RUN_ATTR, "")
+        self.front: set[int] = set()
+
+    @classmethod
+    def open(cls, *, space: SearchSpace, device: str, profile_version: str, study_name: str,
+             storage: optuna.storages.BaseStorage, sampler_name: str, seed: int, tracker: Tracker,
+             extra_tags: dict[str, str] | None = None) -> StudySession:
+        """Create the study (and its MLflow parent run) or resume it; checks it matches the space.
+
+        Creation is serialised by a file lock so that several processes started together on one
+        machine create one parent run, not several.
+        """
+        lock = _study_lock(storage, study_name)
+        with lock:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study = optuna.create_study(study_name=study_name, storage=storage,
+                                            directions=space.directions, load_if_exists=True,
+                                            sampler=optuna.samplers.RandomSampler(seed=seed))
+            self = cls(study, space, device, tracker, sampler_name)
+            self._check_or_init_attrs(profile_version)
+            self.parent_run_id = self._parent_run(extra_tags or {})
+        # Offset the seed by what the study already holds, so a resumed run does not replay the
+        # same random proposals.
+        self.study.sampler = make_sampler(sampler_name, seed + len(self.study.trials), len(space.objectives))
+        return self
+
+    @classmethod
+    def attach(cls, *, space: SearchSpace, device: str, study_name: str, storage: optuna.storages.BaseStorage,
+               tracker: Tracker) -> StudySession:
+        """Join an existing study from a worker process (Ray), without creating anything."""
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        return cls(study, space, device, tracker)
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    def _check_or_init_attrs(self, profile_version: str) -> None:
+        attrs = self.study.user_attrs
+        space_hash = self.space.space_hash()
+        if "space_hash" in attrs:
+            if attrs["space_hash"] != space_hash:
+                raise InputError(f"study '{self.name}' was created from a different search space "
+                                 f"(hash {attrs['space_hash']}, now {space_hash}); choose another --study")
+            if attrs.get("device") != self.device:
+                raise InputError(f"study '{self.name}' belongs to device '{attrs.get('device')}', "
+                                 f"not '{self.device}'; choose another --study")
+            return
+        if len(self.study.directions) != len(self.space.objectives):
+            raise InputError(f"study '{self.name}' exists with other objectives; choose another --study")
+        self.study.set_user_attr("space_hash", space_hash)
+        self.study.set_user_attr("space", self.space.model_dump(mode="json"))
+        self.study.set_user_attr("device", self.device)
+        self.study.set_user_attr("profile_version", profile_version)
+        self.study.set_user_attr(OBJECTIVES_ATTR, self.space.objective_names)
+        self.study.set_user_attr("task", self.space.task.name)
+        self.study.set_user_attr("edge_search_version", __version__)
+
+    def _parent_run(self, extra_tags: dict[str, str]) -> str:
+        rid = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        if rid:
+            self.tracker.resume_parent(rid)
+            return str(rid)
+        tags = {"device": self.device, "sampler": self.sampler_name, "study": self.name,
+                "objectives": ",".join(f"{o.name}:{o.direction}" for o in self.space.objectives),
+                "constraints": "; ".join(str(c) for c in self.space.constraints),
+                "space_hash": self.space.space_hash(), "task": self.space.task.name, **extra_tags}
+        rid = self.tracker.start_parent(self.experiment_id, self.name, tags,
+                                        {"space": json.dumps(self.space.model_dump(mode="json"))})
+        self.study.set_user_attr(PARENT_RUN_ATTR, rid)
+        return rid
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+
+    def n_complete(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    def finished_curves(self) -> list[tuple[dict[int, float], float]]:
+        """(validation curve, measured median latency) of complete trials, for early stopping."""
+        out = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            curve = t.user_attrs.get("val_curve")
+            metrics = t.user_attrs.get("metrics") or {}
+            if curve and "latency_ms" in metrics:
+                out.append(({int(k): float(v) for k, v in curve.items()}, float(metrics["latency_ms"])))
+        return out
+
+    def n_running(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def recover_orphans(self) -> list[int]:
+        """Fail trials left RUNNING by a dead process on this host and queue them to be redone."""
+        storage = self.study._storage
+        redone: list[int] = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = t.user_attrs.get(OWNER_ATTR)
+            if owner is None or Owner(**owner).alive():
+                continue
+            try:
+                storage.set_trial_user_attr(t._trial_id, "fail_reason", "the process running it died")
+                # The storage checks the state under a row lock: of several processes recovering
+                # the same orphan, exactly one gets here without an error and redoes it.
+                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            run_id = t.user_attrs.get(RUN_ID_ATTR)
+            if run_id:
+                self.tracker.mark_failed([run_id], "the process running it died; redone as a new trial")
+            if t.params:
+                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            redone.append(t.number)
+        return redone
+
+    def begin_trial(self, trial: optuna.Trial, config: TrialConfig) -> str:
+        """Mark ownership and open the trial's MLflow child run (created once per trial)."""
+        trial.set_user_attr(OWNER_ATTR, Owner.me().__dict__)
+        trial.set_user_attr("config_params", config.flat_params())
+        run_id = self.tracker.start_trial(self.experiment_id, self.parent_run_id, trial.number,
+                                          config.flat_params(), {"device": self.device})
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        return run_id
+
+    def values_of(self, result: TrialResult) -> list[float]:
+        return [result.metrics[o.name] for o in self.space.objectives]
+
+    def complete_trial(self, trial: optuna.Trial, run_id: str, result: TrialResult, *, tell: bool = True) -> None:
+        """Record a finished evaluation on the trial and its MLflow run, then tell the study.
+
+        With `tell=False` the caller's driver tells (Ray Tune's `OptunaSearch` does).
+        """
+        violations = [c.violation(result.metrics[c.metric]) for c in self.space.constraints]
+        for c, v in zip(self.space.constraints, violations, strict=True):
+            trial.set_constraint(str(c), v)
+        fits = 1.0 if result.infeasible else 0.0
+        trial.set_constraint(FITS_DEVICE, fits)
+        trial.set_user_attr("constraint_violations", [*violations, fits])
+        trial.set_user_attr("metrics", result.metrics)
+        trial.set_user_attr("timings", result.timings)
+        trial.set_user_attr("cache_hits", result.cache_hits)
+        trial.set_user_attr("latency_source", result.latency_source)
+        trial.set_user_attr("latency", _latency_attr(result))
+        trial.set_user_attr("deployable_path", str(result.deployable))
+        if result.val_curve:
+            trial.set_user_attr("val_curve", {str(k): v for k, v in result.val_curve.items()})
+        if result.infeasible:
+            trial.set_user_attr("infeasible", result.infeasible)
+        if tell:
+            self.study.tell(trial, self.values_of(result))
+        tags = {"latency_source": result.latency_source, "device": self.device,
+                "feasible": str(all(v <= 0 for v in [*violations, fits])).lower(),
+                **{f"cache_hit.{k}": str(v).lower() for k, v in result.cache_hits.items()}}
+        if result.latency.extra.get("profile_version"):
+            tags["profile_version"] = str(result.latency.extra["profile_version"])
+        from edge_search.transforms.quantize.sensitivity import fp32_node_tags
+
+        tags.update(fp32_node_tags(result.deployable))  # int8: the nodes left in float32
+        metrics = {**result.metrics, **{f"time_{k}_s": v for k, v in result.timings.items()}}
+        self.tracker.finish_trial(run_id, "COMPLETE", metrics, tags, step=trial.number)
+        self.tracker.log_text(run_id, result.latency.to_json(), "latency_stats.json")
+
+    def reject_trial(self, trial: optuna.Trial, run_id: str | None, state: TrialState, reason: str) -> None:
+        """An invalid configuration (PRUNED) or a failure (FAIL), with its reason on the trial."""
+        trial.set_user_attr("fail_reason" if state == TrialState.FAIL else "invalid_reason", reason)
+        self.study.tell(trial, state=state)
+        if run_id:
+            label = "INVALID" if state == TrialState.PRUNED else "FAIL"
+            key = "invalid_reason" if label == "INVALID" else "fail_reason"
+            self.tracker.finish_trial(run_id, label, {}, {key: reason[:4900]})
+
+    # -- Pareto tags --------------------------------------------------------------------------------
+
+    def update_front(self, full: bool = False) -> set[int]:
+        """Recompute the front; retag runs whose membership changed and attach models to new members.
+
+        With `full`, every child run's tag is checked against the study (used at start and end, and
+        the only way to see changes made by other processes sharing the study).
+        """
+        trials = {t.number: t for t in front_trials(self.study)}
+        new_front = set(trials)
+        if full:
+            runs = self.tracker.child_runs(self.experiment_id, self.parent_run_id)
+            by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+            for run in runs:
+                number = int(run.data.tags.get("trial_number", -1))
+                t = by_number.get(number)
+                if t is None or t.user_attrs.get(RUN_ID_ATTR) != run.info.run_id:
+                    continue
+                if t.state == TrialState.FAIL and run.info.status == "RUNNING":
+                    # Its worker died and the driver failed it (Ray): close the run to match.
+                    self.tracker.mark_failed([run.info.run_id], t.user_attrs.get("fail_reason", "worker died"))
+                if t.state == TrialState.COMPLETE and run.info.status != "FINISHED":
+                    # Killed between `tell` and the MLflow write: the study has what the run lacks.
+                    self.tracker.finish_trial(run.info.run_id, "COMPLETE", t.user_attrs.get("metrics", {}),
+                                              {"latency_source": t.user_attrs.get("latency_source", "")},
+                                              step=number)
+                want = "true" if number in new_front else "false"
+                if run.data.tags.get("pareto") != want:
+                    self.tracker.set_tags(run.info.run_id, {"pareto": want})
+                if want == "true" and not self.tracker.client.list_artifacts(run.info.run_id, "model"):
+                    self._attach_model(t)
+        else:
+            for number in new_front - self.front:
+                self.tracker.set_tags(trials[number].user_attrs[RUN_ID_ATTR], {"pareto": "true"})
+                self._attach_model(trials[number])
+            old = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+            for number in self.front - new_front:
+                rid = old[number].user_attrs.get(RUN_ID_ATTR)
+                if rid:
+                    self.tracker.set_tags(rid, {"pareto": "false"})
+        self.front = new_front
+        return new_front
+
+    def _attach_model(self, trial: FrozenTrial) -> None:
+        path = Path(trial.user_attrs.get("deployable_path", ""))
+        rid = trial.user_attrs.get(RUN_ID_ATTR)
+        if rid and path.is_file():
+            self.tracker.log_model_file(rid, path)
+
+    def finish(self, complete: bool) -> None:
+        self.update_front(full=True)
+        try:  # figures, front table and hypervolume on the parent run; never at the study's expense
+            from edge_search.dashboards.tracking import log_study_dashboards
+
+            log_study_dashboards(self.study, self.tracker, self.parent_run_id)
+        except Exception as err:
+            log.warning("could not log the dashboards of study '%s' to MLflow: %s", self.name, err)
+        self.tracker.finish_parent(self.parent_run_id, "FINISHED" if complete else "KILLED")
+
+
+def _study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> FileLock:
+    from edge_search.devices.lease import default_lock_dir
+
+    url = getattr(storage, "url", repr(storage))
+    key = hashlib.sha256(f"{url}|{study_name}".encode()).hexdigest()[:16]
+    lock_dir = default_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_dir / f"study-{key}.lock"), timeout=120)
+
+
+def _latency_attr(result: TrialResult) -> dict[str, Any]:
+    lat = result.latency
+    return {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "ci_low_ms": lat.ci_low_ms,
+            "ci_high_ms": lat.ci_high_ms, "cv": lat.cv, "samples": len(lat.samples_ms),
+            "source": lat.source, "stop_reason": lat.stop_reason, "warnings": list(lat.warnings),
+            "started_at": lat.started_at, "ended_at": lat.ended_at, "lease_wait_s": lat.lease_wait_s,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(lat.ended_at or time.time()))}
