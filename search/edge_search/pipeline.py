@@ -140,7 +140,7 @@ class Pipeline:
         check_deploy(config.deploy, device_cores=self.device_cores,
                      device_precisions=tuple(self.profile.precisions),
                      task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train,
-                     task_can_resize_inputs=getattr(self.task, "supports_input_resolution", False))
+                     task_can_resize_inputs=self.task.supports_input_resolution)
 
     def evaluate(self, config: TrialConfig) -> TrialResult:
         self.check(config)
@@ -213,14 +213,8 @@ class Pipeline:
         return stats
 
     def _trial_task(self, model: ModelArtifact, params: dict[str, Any], deploy: DeployConfig) -> Task:
-        """The task as this trial uses it: tasks whose data depends on the trained model or the
-        deploy knobs (`onnx`, `torch`: input resolution, the builder's evaluation data) provide
-        `bind_trial(artifact, params, deploy) -> Task`; others are used as they are."""
-        bind = getattr(self.task, "bind_trial", None)
-        if bind is None:
-            return self.task
-        bound: Task = bind(model, params, deploy)
-        return bound
+        """The task as this trial uses it (`Task.bind_trial`)."""
+        return self.task.bind_trial(model, params, deploy)
 
     def _train(self, params: dict[str, Any], on_epoch: EpochCallback | None = None,
                ) -> tuple[str, ModelArtifact, bool]:
@@ -229,7 +223,7 @@ class Pipeline:
         def build(tmp: Path) -> None:
             if self.task.supports_early_stop:
                 recorder = on_epoch if isinstance(on_epoch, _EpochRecorder) else _EpochRecorder(None)
-                art = self.task.train(params, tmp, self.seed, on_epoch=recorder)  # type: ignore[call-arg]
+                art = self.task.train(params, tmp, self.seed, on_epoch=recorder)
                 (tmp / "val_curve.json").write_text(json.dumps(recorder.curve))
             else:
                 art = self.task.train(params, tmp, self.seed)

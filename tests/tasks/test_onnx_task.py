@@ -15,7 +15,7 @@ from edge_search.cli import main
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError, InvalidConfig
 from edge_search.tasks import create_task
-from edge_search.tasks.base import ModelArtifact
+from edge_search.tasks.base import ModelArtifact, Task
 from edge_search.tasks.data import load_data, resize_array
 from edge_search.tasks.onnx_model import OnnxModelTask
 from edge_search.transforms import deploy_transforms
@@ -58,7 +58,7 @@ def model_and_data(tmp_path: Path) -> tuple[Path, Path]:
     return model, tmp_path / "d.npz"
 
 
-def _apply(task: OnnxModelTask, deploy: DeployConfig, tmp: Path) -> tuple[OnnxModelTask, Path]:
+def _apply(task: OnnxModelTask, deploy: DeployConfig, tmp: Path) -> tuple[Task, Path]:
     bound = task.bind_trial(ModelArtifact(onnx_path=task.model_path), {}, deploy)
     src = task.train({}, tmp / "train", 0).onnx_path
     for i, t in enumerate(deploy_transforms(deploy)):
@@ -71,6 +71,7 @@ def _apply(task: OnnxModelTask, deploy: DeployConfig, tmp: Path) -> tuple[OnnxMo
 def test_labels_give_top1_top5_and_fidelity(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = model_and_data
     task = create_task("onnx", {"model": str(model), "data": str(data)})
+    assert isinstance(task, OnnxModelTask)
     assert task.primary_metric == "top1" and task.can_train is False
     m = task.evaluate(model, batch_size=4)
     assert m["fidelity_top1"] == 1.0 and m["fidelity_cosine"] == pytest.approx(1.0)

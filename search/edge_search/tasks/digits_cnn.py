@@ -252,8 +252,7 @@ def _apply_magnitude_masks(model: DigitsNet, sparsity: float) -> list[nn.Conv2d 
     return modules
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Task may be Any.
-class DigitsCnnTask(Task):  # type: ignore[misc, unused-ignore]
+class DigitsCnnTask(Task):
     """Small CNN on UCI digits; trains in seconds on a CPU core, prunes and fine-tunes in PyTorch."""
 
     name = "digits-cnn"

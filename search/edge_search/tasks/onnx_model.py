@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_search.config import DeployConfig
 from edge_search.devices.inputs import ORT_DTYPES, InputSpec, specs_from_onnx
 from edge_search.errors import InputError, InvalidConfig
-from edge_search.tasks.base import ModelArtifact, Task
+from edge_search.tasks.base import EpochCallback, ModelArtifact, Task
 from edge_search.tasks.data import EvalData, Preprocess, file_digest, load_data
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ def label_metrics(out: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"top1": top1, "accuracy": top1, "top5": float((top == labels[:, None]).any(axis=1).mean())}
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Task may be Any.
-class OnnxModelTask(Task):  # type: ignore[misc, unused-ignore]
+class OnnxModelTask(Task):
     """A user's ONNX model and data; see the module docstring for options, metrics and caching."""
 
     name = "onnx"
@@ -262,7 +261,8 @@ class OnnxModelTask(Task):  # type: ignore[misc, unused-ignore]
 
     # -- the Task API ---------------------------------------------------------------------------
 
-    def train(self, params: Mapping[str, Any], workdir: Path, seed: int) -> ModelArtifact:
+    def train(self, params: Mapping[str, Any], workdir: Path, seed: int,
+              on_epoch: EpochCallback | None = None) -> ModelArtifact:
         """No training: copy the model into `workdir/model.onnx`."""
         workdir.mkdir(parents=True, exist_ok=True)
         dst = workdir / "model.onnx"

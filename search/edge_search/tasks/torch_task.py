@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError
-from edge_search.tasks.base import ModelArtifact, Task
+from edge_search.tasks.base import EpochCallback, ModelArtifact, Task
 from edge_search.tasks.data import LABELS_KEY
 from edge_search.tasks.onnx_model import Metric, OnnxModelTask, parse_options
 
@@ -137,8 +137,7 @@ def export_onnx(module: Any, inputs: Mapping[str, np.ndarray], path: Path, *, op
                           output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Task may be Any.
-class TorchModelTask(Task):  # type: ignore[misc, unused-ignore]
+class TorchModelTask(Task):
     """A user's module built by `builder`; each trial is then scored like an `onnx` task."""
 
     name = "torch"
@@ -162,7 +161,8 @@ class TorchModelTask(Task):  # type: ignore[misc, unused-ignore]
         self.version = f"1-{spec_hash}-{_source_hash(self.builder)}"  # builder + options + its source
         self._bound: dict[Path, OnnxModelTask] = {}
 
-    def train(self, params: Mapping[str, Any], workdir: Path, seed: int) -> ModelArtifact:
+    def train(self, params: Mapping[str, Any], workdir: Path, seed: int,
+              on_epoch: EpochCallback | None = None) -> ModelArtifact:
         """Call the builder with seeded torch, export `model.onnx` and store `eval.npz` beside it."""
         import torch
 
