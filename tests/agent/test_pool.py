@@ -104,7 +104,7 @@ def test_pool_uploads_once_reports_state_and_fails_with_a_reason(
         assert {s.extra["agent"] for s in stats} == {a.url for a in agent_pair}  # spread over the pool
         assert all(s.median_ms > 0 and s.extra["board"]["memory_total_mb"] > 0 for s in stats)
         healths = [a.health() for a in agent_pair]
-        assert sum(h["measurements"] for h in healths) == 3
+        assert sum(int(str(h["measurements"])) for h in healths) == 3
         assert [h["uploads"] for h in healths] == [1, 1]  # the model went to each agent once
 
         # the CLI shows each agent's state, queue length and last heartbeat

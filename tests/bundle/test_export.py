@@ -101,6 +101,7 @@ def test_promote_registers_a_version_with_alias_and_tags(study_dir: Path,
     v = client.get_model_version_by_alias("digits-ship", "champion")
     assert v.tags["device"] == "host" and v.tags["budget"] == "latency_ms <= 5"
     assert v.tags["trial"] == str(first) and v.run_id == study.trials[first].user_attrs["mlflow_run_id"]
+    assert v.run_id is not None
     files = {a.path for a in client.list_artifacts(v.run_id, "bundle")}
     assert {"bundle/model.onnx", "bundle/bundle.json", "bundle/runtime.py"} <= files
     second = rest[0] if rest else first  # promoting again moves the alias to the new version

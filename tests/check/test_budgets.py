@@ -210,7 +210,7 @@ def test_relative_straddle_warns() -> None:
 
 
 def _flat(values: list[float], source: str = "emulated") -> list[LatencyStats]:
-    return [LatencyStats(device="d", source=source, median_ms=v, p90_ms=v, p95_ms=v, p99_ms=v, mean_ms=v,  # type: ignore[arg-type]
+    return [LatencyStats(device="d", source=source, median_ms=v, p90_ms=v, p95_ms=v, p99_ms=v, mean_ms=v,
                          stdev_ms=0, cv=0, ci_low_ms=v * 0.7, ci_high_ms=v * 1.3) for v in values]
 
 

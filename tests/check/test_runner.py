@@ -44,7 +44,7 @@ class ScriptedDevice(Device):
         rng = np.random.default_rng(len(self.log))
         samples = median * (1 + 0.01 * rng.standard_normal(200))
         return LatencyStats.from_samples(samples, device="host", peak_memory_mb=20.0,
-                                         source=self.source, host=HostInfo(cpu_model="cpu-a"))  # type: ignore[arg-type]
+                                         source=self.source, host=HostInfo(cpu_model="cpu-a"))
 
 
 def _spec(tmp_path: Path, budgets: dict[str, Any], **model: Any) -> BudgetsFile:

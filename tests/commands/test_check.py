@@ -29,9 +29,9 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         check_command.configure(parser)
         try:
             code = check_command.run(parser.parse_args(argv))
-        except EdgeSearchError as err:
-            print(f"edge-search check: error: {err}", file=sys.stderr)
-            code = err.exit_code
+        except EdgeSearchError as error:
+            print(f"edge-search check: error: {error}", file=sys.stderr)
+            code = error.exit_code
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -65,16 +65,16 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> No
         assert count >= 2 * len(FIGURES), count
         js = driver.execute_script
 
-        def count(selector: str) -> int:
+        def n_of(selector: str) -> int:
             return int(js(f"return document.querySelectorAll('{selector}').length"))
 
         for key in FIGURES:  # each figure has rendered plot elements of its kind
-            assert count(f"#fig-{key}.js-plotly-plot .main-svg") >= 2, key
-        assert count("#fig-pareto_front .scatterlayer .point") >= 6 * 3
-        assert count("#fig-parallel_coordinates .axis-title") >= 4
-        assert count("#fig-hypervolume .scatterlayer .point") == 6
-        assert count("#fig-latency_distributions .violinlayer path") > 0
-        assert count("#fig-knob_effects .boxlayer path") > 0
+            assert n_of(f"#fig-{key}.js-plotly-plot .main-svg") >= 2, key
+        assert n_of("#fig-pareto_front .scatterlayer .point") >= 6 * 3
+        assert n_of("#fig-parallel_coordinates .axis-title") >= 4
+        assert n_of("#fig-hypervolume .scatterlayer .point") == 6
+        assert n_of("#fig-latency_distributions .violinlayer path") > 0
+        assert n_of("#fig-knob_effects .boxlayer path") > 0
         # the front table sorts on a click: by latency (column 3), then descending
         table = "#front tbody tr"
         n_rows = js(f"return document.querySelectorAll('{table}').length")

@@ -40,7 +40,7 @@ def _device(cores: tuple[int, ...] | None = None, **kw: object) -> LocalDevice:
 
 
 def _req(path: Path, **kw: object) -> MeasureRequest:
-    return MeasureRequest(model_path=path, **{**FAST, **kw})  # type: ignore[arg-type]
+    return MeasureRequest(model_path=path, **{**FAST, **kw})
 
 
 # --- real measurements -----------------------------------------------------------------------

@@ -75,7 +75,7 @@ def test_fp16_is_invalid_on_a_cpu_only_profile_with_the_reason() -> None:
 @pytest.mark.parametrize("bits", [4, 8])
 def test_weight_only_quantises_matmuls(tmp_path: Path, bits: int) -> None:
     src = matmul_model(tmp_path / "m.onnx")
-    deploy = DeployConfig(precision=f"int{bits}-weight", weight_only_block_size=32)  # type: ignore[arg-type]
+    deploy = DeployConfig(precision=f"int{bits}-weight", weight_only_block_size=32)
     assert [t.name for t in deploy_transforms(deploy)] == ["weight-only"] and not deploy.quantized
     WeightOnlyQuantizeTransform().apply(src, tmp_path / "q.onnx", deploy, task=None)  # type: ignore[arg-type]
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
@@ -91,7 +91,7 @@ def test_quantize_op_types_and_keep_first_last(tmp_path: Path) -> None:
     assert nodes_kept_fp32(model, "first_last") == ["mm1", "mm2"]
     assert nodes_kept_fp32(model, "none") == [] and nodes_kept_fp32(model, "depthwise") == []
 
-    class Feeds(Task):  # type: ignore[misc]
+    class Feeds(Task):
         name, version = "feeds", "1"
 
         def train(self, *a: object, **k: object) -> None:  # type: ignore[override]
@@ -100,7 +100,7 @@ def test_quantize_op_types_and_keep_first_last(tmp_path: Path) -> None:
         def evaluate(self, *a: object, **k: object) -> dict[str, float]:
             raise NotImplementedError
 
-        def calibration_batches(self, n: int, batch_size: int = 1):  # type: ignore[no-untyped-def]
+        def calibration_batches(self, n: int, batch_size: int = 1):
             for i in range(0, n, batch_size):
                 yield {"x": X[:1].repeat(min(batch_size, n - i), axis=0)}
 

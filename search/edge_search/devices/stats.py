@@ -119,7 +119,7 @@ class LatencyStats(BaseModel):
         }
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float], *, device: str, confidence: float = 0.95,
+    def from_samples(cls, samples_ms: Sequence[float] | np.ndarray, *, device: str, confidence: float = 0.95,
                      **fields: Any) -> LatencyStats:
         """Summarise raw samples; `fields` fills the remaining metadata."""
         data: dict[str, Any] = {**summarize(samples_ms, confidence), **fields}

@@ -29,8 +29,7 @@ def convert_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
-class Fp16Transform(Transform):  # type: ignore[misc, unused-ignore]
+class Fp16Transform(Transform):
     """Convert weights and activations to float16, keeping float32 model inputs and outputs."""
 
     name = "fp16"

@@ -64,8 +64,7 @@ def magnitude_prune_model(model: onnx.ModelProto, sparsity: float) -> dict[str, 
     return report
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
-class MagnitudePruneTransform(Transform):  # type: ignore[misc, unused-ignore]
+class MagnitudePruneTransform(Transform):
     """Zero the smallest `sparsity` share of each Conv/Gemm/MatMul weight tensor (per tensor)."""
 
     name = "magnitude-prune"

@@ -138,8 +138,7 @@ def nodes_kept_fp32(model: onnx.ModelProto, keep: KeepFp32) -> list[str]:
     return out
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
-class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
+class QuantizeTransform(Transform):
     """int8-dynamic or int8-static (QDQ or QOperator) quantisation per the deploy knobs."""
 
     name = "quantize"
@@ -228,8 +227,7 @@ class QuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
             log.debug("calibration output: %s", captured.getvalue().strip())
 
 
-# mypy cannot follow the editable install's import hook (edge_search -> search/), so Transform may be Any.
-class WeightOnlyQuantizeTransform(Transform):  # type: ignore[misc, unused-ignore]
+class WeightOnlyQuantizeTransform(Transform):
     """int4/int8 weight-only quantisation of MatMul weights (ORT's MatMulNBits; activations fp32)."""
 
     name = "weight-only"
