@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from edge_search.devices import DEVICE_METHODS, create_device
-from edge_search.devices.base import MeasureRequest, SessionKnobs
+from edge_search.devices.base import MeasureRequest, NodeTiming, SessionKnobs
 from edge_search.devices.inputs import InputSpec, build_feeds, parse_shape_arg, specs_from_onnx
-from edge_search.devices.local import LocalDevice, NodeTiming, allowed_cores, training_cores
+from edge_search.devices.local import LocalDevice, allowed_cores, training_cores
 from edge_search.devices.profile import DeviceProfile, LatencySpec, get_profile
 from edge_search.devices.stats import LatencyStats
 from edge_search.devices.worker import (

@@ -267,11 +267,8 @@ class CheckResult:
 
 
 def _measure(factory: DeviceFactory, request: MeasureRequest) -> LatencyStats:
-    device = factory()
-    try:
+    with factory() as device:
         return device.measure(request)
-    finally:
-        device.close()
 
 
 def _needs_rounds(budgets: Sequence[Budget]) -> bool:

@@ -73,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as err:
         raise InputError(f"bad measurement request: {err.errors()[0]['msg']}") from None
     kwargs = {"seed": args.seed} if profile.latency.method == "local" else {}
-    device = create_device(profile, **kwargs)
-    try:
+    with create_device(profile, **kwargs) as device:
         stats = device.measure(request)
-    finally:
-        device.close()
     if args.json:
         print(stats.to_json())
     else:

@@ -72,14 +72,13 @@ def run(args: argparse.Namespace) -> int:
     if args.graph_only:
         stats = estimate_graph(args.model, profile, knobs, shapes or None)
     else:
-        if profile.latency.method != "emulated":
-            from edge_search.devices import create_device
+        from edge_search.devices import create_device
 
-            device = create_device(profile)
+        # an emulated profile also needs --profiles to find a calibrated host profile there
+        device = (EmulatedDevice(profile, profile_dirs=args.profiles) if profile.latency.method == "emulated"
+                  else create_device(profile))
+        with device:
             stats = device.measure(MeasureRequest(model_path=args.model, session=knobs, shapes=shapes))
-        else:
-            dev = EmulatedDevice(profile, profile_dirs=args.profiles)
-            stats = dev.measure(MeasureRequest(model_path=args.model, session=knobs, shapes=shapes))
     if args.json:
         print(stats.to_json())
         return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,15 +53,61 @@ class MeasureRequest(BaseModel):
     """Lower runs first where a device queues requests (a CI check goes before a search trial)."""
 
 
-class Device(abc.ABC):
-    """Where latency comes from. Implementations: `LocalDevice`, `AgentDevice`, `EmulatedDevice`."""
+@dataclass(frozen=True)
+class NodeTiming:
+    """Mean kernel time of one graph node, from ONNX Runtime's profiler on the device that ran it."""
 
     name: str
+    op_type: str
+    mean_us: float
+    """Mean microseconds per execution of the node."""
+    count: int
+    """Executions recorded (normally the number of profiled runs)."""
+    provider: str = ""
+    """Execution provider that ran the node, e.g. ``CPUExecutionProvider``."""
+
+
+class Device(abc.ABC):
+    """Where latency comes from: one method, `measure`. Implementations: `LocalDevice` (this machine),
+    `AgentDevice` (boards running ``edge-search agent``), `EmulatedDevice` (a calibrated prediction);
+    `edge_search.testing.FunctionDevice` for tests.
+
+    Ownership: whoever creates a device (`create_device`) closes it, best as a context manager
+    (``with create_device(profile) as device:``), once no measurement is in flight; closing twice
+    is harmless. Threads: `measure` may be called from several threads at once; a device keeps
+    measurements that must not overlap apart itself (a lease, a queue). Processes: every process
+    builds its own device (a Ray worker does); a device object is never shared between processes.
+    """
+
+    name: str
+    """The device profile's name; every `LatencyStats` it returns carries it as ``device``."""
     latency_source: Literal["measured", "emulated"] = "measured"
+    """What its figures are, as every `LatencyStats` it returns says in ``source``."""
 
     @abc.abstractmethod
     def measure(self, request: MeasureRequest) -> LatencyStats:
-        """Measure (or predict) latency; called once per distinct (model, device, knobs) per study."""
+        """Measure (or predict) the latency of `request`; called once per distinct (model, device,
+        knobs) per study (the pipeline caches the result).
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release workers or connections; called when a study ends."""
+        Raises `InputError` for a request that cannot be measured here (a missing or unreadable
+        model, more threads than the device allows, a provider it lacks) and `EdgeSearchError` when
+        the device fails; the trial then fails with that reason.
+        """
+
+    def profile_nodes(self, request: MeasureRequest, runs: int = 20) -> list[NodeTiming]:
+        """Per-node kernel times (ONNX Runtime's profiler) over `runs` runs after warm-up, slowest first.
+
+        Optional: devices that run models themselves provide it (`LocalDevice`); `EmulatedDevice`
+        asks its host device for it. The default refuses.
+        """
+        raise NotImplementedError(f"device '{self.name}' cannot profile a model's nodes")
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, a no-op by default
+        """Release workers, threads or connections; called by the device's owner when it is done."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -46,7 +46,7 @@ from edge_search.devices.stats import HostInfo, LatencyStats
 from edge_search.errors import InputError
 
 if TYPE_CHECKING:
-    from edge_search.devices.local import LocalDevice
+    from edge_search.devices.base import NodeTiming
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class HostBreakdown:
 
 def breakdown_from_nodes(
     model_path: Path,
-    nodes: Iterable[Any],
+    nodes: Iterable[NodeTiming],
     runs: int,
     shapes: dict[str, tuple[int, ...]] | None = None,
     peak_memory_mb: float | None = None,
@@ -310,7 +310,7 @@ class EmulatedDevice(Device):
     def __init__(
         self,
         profile: DeviceProfile,
-        host: LocalDevice | None = None,
+        host: Device | None = None,
         *,
         host_profile: DeviceProfile | None = None,
         profile_runs: int = 10,
@@ -331,8 +331,8 @@ class EmulatedDevice(Device):
         self._cache: dict[str, HostBreakdown] = {}
 
     @property
-    def host(self) -> LocalDevice:
-        """The local device host profiles are taken on (created lazily)."""
+    def host(self) -> Device:
+        """The device host profiles are taken on (`Device.profile_nodes`; created lazily)."""
         if self._host is None:
             from edge_search.devices.local import LocalDevice
 

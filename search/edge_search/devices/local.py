@@ -19,11 +19,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_search.devices.base import Device, MeasureRequest
+from edge_search.devices.base import Device, MeasureRequest, NodeTiming
 from edge_search.devices.lease import DeviceLease, FileLease
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
@@ -31,20 +30,6 @@ from edge_search.errors import EdgeSearchError, InputError
 
 #: Seconds a worker gets on top of the request's own time budget (start-up, session load, warm-up).
 WORKER_OVERHEAD_S = 90.0
-
-
-@dataclass(frozen=True)
-class NodeTiming:
-    """Mean kernel time of one graph node, from ONNX Runtime's profiler on this machine."""
-
-    name: str
-    op_type: str
-    mean_us: float
-    """Mean microseconds per execution of the node."""
-    count: int
-    """Executions recorded (normally the number of profiled runs)."""
-    provider: str = ""
-    """Execution provider that ran the node, e.g. ``CPUExecutionProvider``."""
 
 
 def allowed_cores(profile: DeviceProfile) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from edge_search.devices.base import MeasureRequest, SessionKnobs
+from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
 from edge_search.devices.emulated import ClassTime, HostBreakdown, breakdown_from_nodes, carry, net_host_ms
 from edge_search.devices.emulation.opclass import class_group
 from edge_search.devices.emulation.reference_suite import DEFAULT_CACHE, SuiteModel, export
@@ -106,7 +106,7 @@ def load_records(path: Path) -> list[SuiteRecord]:
 
 
 def measure_suite(
-    host: Any,
+    host: Device,
     models: Iterable[SuiteModel],
     precisions: Sequence[str] = ("fp32", "int8"),
     threads: Sequence[int] = (1, 2),
