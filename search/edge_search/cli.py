@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from edge_search.errors import EdgeSearchError
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(module: str):  # type: ignore[no-untyped-def]
+def _load(module: str) -> ModuleType:
     return importlib.import_module(f"edge_search.commands.{module}")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from edge_search.cache import ArtifactCache
 from edge_search.devices import create_device
 from edge_search.devices.profile import get_profile
+from edge_search.drivers import get_driver
+from edge_search.drivers.base import DriverOptions
 from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
@@ -56,12 +59,11 @@ def default_study_name(space: SearchSpace, device: str) -> str:
     return f"{space.name}-{device}"
 
 
-def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: ignore[no-untyped-def]
+def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSummary:
     """Open or resume the study and evaluate trials until `opts.trials` have finished."""
     if opts.trials < 1:
         raise InputError("--trials must be at least 1")
-    if opts.backend not in ("optuna", "ray"):
-        raise InputError(f"unknown backend '{opts.backend}' (known: optuna, ray)")
+    driver = get_driver(opts.backend)
     if opts.workers < 1:
         raise InputError("--workers must be at least 1")
     t0 = time.perf_counter()
@@ -77,32 +79,25 @@ def run_search(opts: RunOptions, progress_stream=None) -> RunSummary:  # type: i
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
-    device = create_device(profile)
-    pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
-                        precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
-                        constraints=space.constraints, latency_gate=opts.latency_gate,
-                        early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
-    redone = session.recover_orphans()
-    session.update_front(full=True)
-    started = time.time()
-    complete = False
-    try:
-        with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
-            if redone:
-                progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
-            if opts.backend == "ray":
-                from edge_search.drivers.ray import run_ray
-
-                run_ray(session, _worker_spec(opts, space, session), opts.trials, progress,
-                        workers=opts.workers, address=opts.ray_address)
-            else:
-                from edge_search.drivers.optuna import run_optuna
-
-                run_optuna(session, pipeline, opts.trials, progress)
-        complete = True
-    finally:
-        device.close()
-        session.finish(complete)
+    with create_device(profile) as device:
+        pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
+                            precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
+                            constraints=space.constraints, latency_gate=opts.latency_gate,
+                            early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
+        redone = session.recover_orphans()
+        session.update_front(full=True)
+        started = time.time()
+        complete = False
+        try:
+            with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
+                if redone:
+                    progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
+                driver(session, pipeline, opts.trials, progress,
+                       DriverOptions(workers=opts.workers, address=opts.ray_address, storage_url=opts.storage,
+                                     profiles=tuple(opts.profiles)))
+            complete = True
+        finally:
+            session.finish(complete)
     wall = time.perf_counter() - t0
     stages = _stage_totals(session, started)
     stages["other"] = max(0.0, wall - sum(stages.values()))
@@ -124,22 +119,3 @@ def _stage_totals(session: StudySession, since: float) -> dict[str, float]:
         for k, v in (t.user_attrs.get("timings") or {}).items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return totals
-
-
-def _worker_spec(opts: RunOptions, space: SearchSpace, session: StudySession):  # type: ignore[no-untyped-def]
-    """What Ray workers need, with every path absolute (Ray changes a trial's working directory)."""
-    import os
-
-    from edge_search.devices.lease import default_lock_dir
-    from edge_search.drivers.ray import WorkerSpec
-    from edge_search.study import DEFAULT_STORAGE
-    from edge_search.tracking import absolute_sqlite
-
-    return WorkerSpec(space=space.model_dump(mode="json"), device=opts.device,
-                      profiles=tuple(str(p.resolve()) for p in opts.profiles),
-                      storage_url=absolute_sqlite(opts.storage or DEFAULT_STORAGE),
-                      tracking_uri=session.tracker.tracking_uri, cache_dir=str(opts.cache_dir.resolve()),
-                      study_name=session.name, precision_target=opts.precision_target,
-                      max_measure_s=opts.max_measure_s, lock_dir=str(default_lock_dir().resolve()),
-                      latency_gate=opts.latency_gate, early_stop=opts.early_stop,
-                      env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")})

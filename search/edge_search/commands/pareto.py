@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import optuna
+
     from edge_search.pareto import ParetoPoint
 
 
@@ -18,7 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list for machines")
 
 
-def load_study(name: str, storage_url: str | None):  # type: ignore[no-untyped-def]
+def load_study(name: str, storage_url: str | None) -> optuna.Study:
     """An existing study, or an input error listing the ones that exist."""
     import optuna
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from edge_search.drivers import DRIVERS
+
 SAMPLERS = ("tpe", "random", "nsga2", "nsga3", "gp")  # checked against edge_search.study.make_sampler
 
 
@@ -24,7 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision-target", type=float, default=0.02,
                    help="stop measuring when the median's CI is within ± this fraction (default 0.02)")
     p.add_argument("--max-measure-time", type=float, default=5.0, help="time cap per measurement, seconds")
-    p.add_argument("--backend", choices=("optuna", "ray"), default="optuna",
+    p.add_argument("--backend", choices=tuple(DRIVERS), default="optuna",
                    help="optuna: embedded, this process (default); ray: Ray Tune over a Ray cluster")
     p.add_argument("--workers", type=int, default=2, help="concurrent trials with --backend ray (default 2)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: local)")

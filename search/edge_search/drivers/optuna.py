@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from edge_search.config import DeployConfig, TrialConfig
+from edge_search.drivers.base import DriverOptions
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
 from edge_search.pipeline import GatedOut, Pipeline, StoppedEarly
 from edge_search.progress import RunProgress
@@ -67,8 +68,10 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
 
 
 def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
-               max_consecutive_rejects: int = 50, wait_s: float = 1.0) -> None:
-    """Ask and evaluate trials until the study holds `n_trials` complete ones.
+               options: DriverOptions | None = None, *, max_consecutive_rejects: int = 50,
+               wait_s: float = 1.0) -> None:
+    """The embedded `Driver`: ask and evaluate trials in this process until the study holds
+    `n_trials` complete ones (`options` are not needed: one trial at a time, here).
 
     Invalid configurations and failures do not count; after `max_consecutive_rejects` of them in a
     row the run stops with the last reason rather than loop forever.

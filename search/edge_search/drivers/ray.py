@@ -33,7 +33,9 @@ import optuna
 from optuna.trial import TrialState
 
 from edge_search.devices.lease import DeviceLease, FileLease, LeaseHandle, LeaseTimeout
+from edge_search.drivers.base import DriverOptions
 from edge_search.errors import MissingDependency
+from edge_search.pipeline import Pipeline
 from edge_search.progress import RunProgress
 from edge_search.study import StudySession
 
@@ -221,9 +223,30 @@ class DefineByRun:
         return {TRIAL_ID_KEY: inner._trial_id}
 
 
-def run_ray(session: StudySession, spec: WorkerSpec, n_trials: int, progress: RunProgress, *,
-            workers: int, address: str | None) -> None:
-    """Run Ray Tune rounds until the study holds `n_trials` complete trials."""
+def worker_spec(session: StudySession, pipeline: Pipeline, options: DriverOptions) -> WorkerSpec:
+    """What Ray workers need to rebuild `pipeline`, with every path absolute (Ray changes a
+    trial's working directory)."""
+    from edge_search.devices.lease import default_lock_dir
+    from edge_search.study import DEFAULT_STORAGE
+    from edge_search.tracking import absolute_sqlite
+
+    return WorkerSpec(space=session.space.model_dump(mode="json"), device=session.device,
+                      profiles=tuple(str(Path(p).resolve()) for p in options.profiles),
+                      storage_url=absolute_sqlite(options.storage_url or DEFAULT_STORAGE),
+                      tracking_uri=session.tracker.tracking_uri, cache_dir=str(pipeline.cache.root.resolve()),
+                      study_name=session.name, precision_target=pipeline.precision_target,
+                      max_measure_s=pipeline.max_measure_s, lock_dir=str(default_lock_dir().resolve()),
+                      latency_gate=pipeline.latency_gate, early_stop=pipeline.early_stop is not None,
+                      env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")})
+
+
+def run_ray(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
+            options: DriverOptions) -> None:
+    """The Ray Tune `Driver`: rounds of Ray Tune trials until the study holds `n_trials` complete
+    ones, `options.workers` at a time, on the cluster at `options.address` (None: a local one).
+    Workers rebuild `pipeline` from its settings (`worker_spec`); it is not used here."""
+    spec = worker_spec(session, pipeline, options)
+    workers, address = options.workers, options.address
     ray = _import_ray()
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
