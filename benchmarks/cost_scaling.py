@@ -109,7 +109,6 @@ def synthetic_study(n: int, rng: np.random.Generator) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState, create_trial
 
-    from edge_search.dashboards.data import read_run_artifact
     from edge_search.space import load_space
     from edge_search.study import StudySession, make_storage
     from edge_search.tracking import RUN_ID_ATTR, Tracker
@@ -121,7 +120,7 @@ def synthetic_study(n: int, rng: np.random.Generator) -> dict[str, Any]:
     real = optuna.load_study(study_name="cost-real", storage=f"sqlite:///{FOLDER}/edge-search.db")
     src = real.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     real_tracker = Tracker(f"sqlite:///{FOLDER}/mlflow.db")
-    stats_text = {t.number: read_run_artifact(real_tracker.client, t.user_attrs[RUN_ID_ATTR], "latency_stats.json")
+    stats_text = {t.number: real_tracker.read_text(t.user_attrs[RUN_ID_ATTR], "latency_stats.json")
                   for t in src}
     space = load_space(None)
     session = StudySession.open(space=space, device="host", profile_version="1", study_name=f"scale-{n}",

@@ -297,22 +297,22 @@ class StudySession:
             runs = self.tracker.child_runs(self.experiment_id, self.parent_run_id)
             by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
             for run in runs:
-                number = int(run.data.tags.get("trial_number", -1))
+                number = int(run.tags.get("trial_number", -1))
                 t = by_number.get(number)
-                if t is None or t.user_attrs.get(RUN_ID_ATTR) != run.info.run_id:
+                if t is None or t.user_attrs.get(RUN_ID_ATTR) != run.run_id:
                     continue
-                if t.state == TrialState.FAIL and run.info.status == "RUNNING":
+                if t.state == TrialState.FAIL and run.status == "RUNNING":
                     # Its worker died and the driver failed it (Ray): close the run to match.
-                    self.tracker.mark_failed([run.info.run_id], t.user_attrs.get("fail_reason", "worker died"))
-                if t.state == TrialState.COMPLETE and run.info.status != "FINISHED":
+                    self.tracker.mark_failed([run.run_id], t.user_attrs.get("fail_reason", "worker died"))
+                if t.state == TrialState.COMPLETE and run.status != "FINISHED":
                     # Killed between `tell` and the MLflow write: the study has what the run lacks.
-                    self.tracker.finish_trial(run.info.run_id, "COMPLETE", t.user_attrs.get("metrics", {}),
+                    self.tracker.finish_trial(run.run_id, "COMPLETE", t.user_attrs.get("metrics", {}),
                                               {"latency_source": t.user_attrs.get("latency_source", "")},
                                               step=number)
                 want = "true" if number in new_front else "false"
-                if run.data.tags.get("pareto") != want:
-                    self.tracker.set_tags(run.info.run_id, {"pareto": want})
-                if want == "true" and not self.tracker.client.list_artifacts(run.info.run_id, "model"):
+                if run.tags.get("pareto") != want:
+                    self.tracker.set_tags(run.run_id, {"pareto": want})
+                if want == "true" and not self.tracker.has_artifacts(run.run_id, "model"):
                     self._attach_model(t)
         else:
             for number in new_front - self.front:

@@ -1,21 +1,27 @@
 """MLflow layout: one experiment per (space, device), a parent run per study, a child run per trial.
 
-Uses `MlflowClient` with explicit run ids throughout (never the fluent thread-local run stack), so
+The `Tracker` is the only place that imports MLflow (the way only httpx's default transport
+imports httpcore): the study, export/promote and the dashboards call its methods. It uses
+`MlflowClient` with explicit run ids throughout (never the fluent thread-local run stack), so
 drivers that evaluate in worker threads or processes log to the right run. The Optuna study is the
-source of truth: `reconcile` repairs the MLflow side after a crash from what the study recorded.
+source of truth: `StudySession.update_front(full=True)` repairs the MLflow side after a crash from
+what the study recorded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -23,6 +29,19 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ID_ATTR = "mlflow_run_id"
+
+
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"
+"""The tag MLflow's `log_table` sets so the UI lists a JSON artifact as a table."""
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """A run as the tracker reports it: its id, MLflow status and tags."""
+
+    run_id: str
+    status: str
+    tags: dict[str, str]
 
 
 def experiment_name(space_name: str, device: str) -> str:
@@ -120,15 +139,15 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                                for k, v in metrics.items() if _finite(v)])
 
-    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[TrackedRun]:
         """Every child run of a study's parent run (all pages)."""
-        runs: list[Any] = []
+        runs: list[TrackedRun] = []
         token = None
         while True:
             page = self.client.search_runs(
                 [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                 max_results=1000, page_token=token)
-            runs.extend(page)
+            runs.extend(TrackedRun(str(r.info.run_id), str(r.info.status), dict(r.data.tags)) for r in page)
             token = page.token
             if not token:
                 return runs
@@ -137,6 +156,72 @@ class Tracker:
         for rid in run_ids:
             self.set_tags(rid, {"trial_state": "FAIL", "fail_reason": reason})
             self.client.set_terminated(rid, status="FAILED")
+
+    # -- artifacts ----------------------------------------------------------------------------------
+
+    def has_artifacts(self, run_id: str, path: str) -> bool:
+        """Whether the run has anything under artifact folder `path`."""
+        return bool(self.client.list_artifacts(run_id, path))
+
+    def read_text(self, run_id: str, path: str) -> str:
+        """Text of one run artifact; read straight from disk for a local artifact store (fast, no
+        progress bar), through MLflow otherwise."""
+        uri = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+        if uri.startswith("file:") or "://" not in uri:
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            return Path(local_file_uri_to_path(uri)).read_text(encoding="utf-8")
+        import mlflow.artifacts
+
+        return str(mlflow.artifacts.load_text(uri))
+
+    def download(self, run_id: str, path: str, dst_dir: Path) -> Path:
+        """Download run artifact `path` into folder `dst_dir`; returns where it landed."""
+        return Path(self.client.download_artifacts(run_id, path, str(dst_dir)))
+
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        """Log every file of `folder` under the run's artifact folder `artifact_path`."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+    def log_table(self, run_id: str, columns: list[str], rows: list[list[Any]], artifact_file: str) -> None:
+        """Write a table in the layout `MlflowClient.log_table` uses (JSON, orient=split), replacing any
+        earlier version (`log_table` itself appends rows to an existing file), and mark it as a table."""
+        self.client.log_text(run_id, json.dumps({"columns": columns, "data": rows}, default=str), artifact_file)
+        tags = self.client.get_run(run_id).data.tags
+        listed = json.loads(tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*listed, entry]))
+
+    # -- metric histories ---------------------------------------------------------------------------
+
+    def metric_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which metric `key` was logged on the run."""
+        return {m.step for m in self.client.get_metric_history(run_id, key)}
+
+    def log_metric_steps(self, run_id: str, key: str, values: Mapping[int, float]) -> None:
+        """Log metric `key` at each step of `values` (step -> value)."""
+        now = int(time.time() * 1000)
+        new = [Metric(key, float(v), now, step) for step, v in values.items()]
+        for i in range(0, len(new), 900):
+            self.client.log_batch(run_id, metrics=new[i:i + 900])
+
+    # -- the model registry -------------------------------------------------------------------------
+
+    def register_version(self, name: str, run_id: str, artifact_path: str, *, tags: Mapping[str, str],
+                         description: str, alias: str, model_tags: Mapping[str, str],
+                         model_description: str) -> str:
+        """Register the run's artifact folder `artifact_path` as a new version of model `name` (created
+        with `model_tags` and `model_description` when missing), point `alias` at it; returns the version."""
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, tags=dict(model_tags), description=model_description)
+        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        version = self.client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags),
+                                                   description=description)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
 
 
 def _param(v: Any) -> str:

@@ -21,9 +21,8 @@ from edge_search.dashboards.data import (
     TrialPoint,
     hypervolume,
     hypervolume_history,
-    mlflow_samples_loader,
-    read_run_artifact,
     study_data,
+    tracked_samples_loader,
 )
 from edge_search.dashboards.tracking import (
     FRONT_TABLE_ARTIFACT,
@@ -113,7 +112,7 @@ def test_two_objective_figures_separate_front_dominated_and_infeasible() -> None
 @pytest.mark.slow
 def test_study_data_from_a_real_study(study_dir: Path) -> None:
     study = optuna.load_study(study_name=STUDY, storage="sqlite:///edge-search.db")
-    data = study_data(study, samples=mlflow_samples_loader(Tracker().client))
+    data = study_data(study, samples=tracked_samples_loader(Tracker()))
     assert len(data.trials) == 6 and data.objectives == ["accuracy", "latency_ms", "size_mb"]
     assert [t.number for t in data.front] == [p.trial for p in pareto_points(study)]
     hv = [h for _, h in data.hypervolume]
@@ -140,7 +139,7 @@ def test_finish_logged_the_dashboards_once_and_relogging_is_idempotent(study_dir
     assert {REPORT_ARTIFACT, FRONT_TABLE_ARTIFACT} <= arts
     log_study_dashboards(study, tracker, parent)  # as a resumed run's finish() would
     assert steps() == [t.number for t in study.trials if t.state.name == "COMPLETE"]
-    table = json.loads(read_run_artifact(client, parent, FRONT_TABLE_ARTIFACT))
+    table = json.loads(tracker.read_text(parent, FRONT_TABLE_ARTIFACT))
     assert [row[0] for row in table["data"]] == [p.trial for p in pareto_points(study)]
     logged = json.loads(client.get_run(parent).data.tags["mlflow.loggedArtifacts"])
     assert logged.count({"path": FRONT_TABLE_ARTIFACT, "type": "table"}) == 1

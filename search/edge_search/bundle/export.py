@@ -81,9 +81,7 @@ def _mlflow_text(tracker: Tracker | None, run_id: str | None, path: str) -> str 
     if tracker is None or not run_id:
         return None
     try:
-        from edge_search.dashboards.data import read_run_artifact
-
-        return read_run_artifact(tracker.client, run_id, path)
+        return tracker.read_text(run_id, path)
     except Exception:
         return None
 
@@ -97,7 +95,7 @@ def _model_file(trial: FrozenTrial, tracker: Tracker | None, base_dir: Path, dst
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if tracker is not None and run_id:
         try:
-            got = tracker.client.download_artifacts(run_id, "model/model.onnx", str(dst.parent))
+            got = tracker.download(run_id, "model/model.onnx", dst.parent)
             shutil.move(got, dst)
             return
         except Exception as err:
@@ -230,18 +228,10 @@ def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: s
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
     if not run_id:
         raise InputError(f"trial {number} of study '{study.study_name}' has no MLflow run to register from")
-    client = tracker.client
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_trial(study, number, Path(tmp) / "bundle", tracker, base_dir)
         manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
-        client.log_artifacts(run_id, str(folder), artifact_path="bundle")
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, tags={"edge_search.study": study.study_name},
-                                       description="Registered by edge-search promote")
+        tracker.log_folder(run_id, folder, "bundle")
     space = study.user_attrs.get("space") or {}
     from edge_search.space import Constraint
 
@@ -252,9 +242,9 @@ def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: s
             "study": study.study_name, "trial": str(number), "latency_ms": str(lat["median_ms"]),
             "latency_source": str(lat["source"]), "accuracy": str(manifest["accuracy"]),
             "space_hash": str(study.user_attrs.get("space_hash", ""))}
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/bundle"
-    version = client.create_model_version(name, source=source, run_id=run_id, tags=tags,
-                                          description=f"trial {number} of study {study.study_name}")
-    client.set_registered_model_alias(name, alias, version.version)
-    tracker.set_tags(run_id, {"registered_model": f"{name}/{version.version}"})
-    return str(version.version)
+    version = tracker.register_version(name, run_id, "bundle", tags=tags,
+                                       description=f"trial {number} of study {study.study_name}", alias=alias,
+                                       model_tags={"edge_search.study": study.study_name},
+                                       model_description="Registered by edge-search promote")
+    tracker.set_tags(run_id, {"registered_model": f"{name}/{version}"})
+    return version

@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from edge_search.commands.pareto import load_study
-    from edge_search.dashboards.data import SamplesLoader, mlflow_samples_loader, study_data
+    from edge_search.dashboards.data import SamplesLoader, study_data, tracked_samples_loader
     from edge_search.dashboards.report import write_report
     from edge_search.errors import InputError
     from edge_search.tracking import Tracker
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     samples: SamplesLoader | None = None
     try:
-        samples = mlflow_samples_loader(Tracker(args.tracking_uri).client)
+        samples = tracked_samples_loader(Tracker(args.tracking_uri))
     except Exception:  # no MLflow store here: the report still draws everything else
         samples = None
     data = study_data(study, samples=samples)

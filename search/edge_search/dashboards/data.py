@@ -13,8 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -22,6 +21,9 @@ from optuna.study import StudyDirection
 
 from edge_search.pareto import front_trials, is_feasible, objective_names
 from edge_search.tracking import RUN_ID_ATTR
+
+if TYPE_CHECKING:
+    from edge_search.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -221,28 +223,14 @@ def samples_from_stats(trial: int, stats: Mapping[str, Any]) -> LatencySamples:
                           device=str(stats.get("device", "")))
 
 
-def read_run_artifact(client: Any, run_id: str, path: str) -> str:
-    """Text of one run artifact; read straight from disk for a local artifact store (fast, no
-    progress bar), through MLflow otherwise."""
-    uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
-    if uri.startswith("file:") or "://" not in uri:
-        from mlflow.utils.file_utils import local_file_uri_to_path
-
-        return Path(local_file_uri_to_path(uri)).read_text(encoding="utf-8")
-    import mlflow.artifacts
-
-    return str(mlflow.artifacts.load_text(uri))
-
-
-def mlflow_samples_loader(client: Any) -> SamplesLoader:
-    """A loader reading each trial's `latency_stats.json` from its MLflow child run (`client`: an
-    `MlflowClient`)."""
+def tracked_samples_loader(tracker: Tracker) -> SamplesLoader:
+    """A loader reading each trial's `latency_stats.json` from its MLflow child run."""
 
     def load(t: TrialPoint) -> LatencySamples | None:
         if not t.run_id:
             return None
         try:
-            text = read_run_artifact(client, t.run_id, "latency_stats.json")
+            text = tracker.read_text(t.run_id, "latency_stats.json")
             return samples_from_stats(t.number, json.loads(text))
         except Exception as err:  # missing run or artifact: fall back to the summary
             log.info("no latency samples for trial %s: %s", t.number, err)
