@@ -251,22 +251,12 @@ class Pipeline:
 
     def _transform(self, model_key: str, model: ModelArtifact, deploy: DeployConfig,
                    task: Task | None = None) -> tuple[Path, bool]:
-        from edge_search.transforms import deploy_transforms
+        from edge_search.transforms import deploy_key_knobs, deploy_transforms
 
         trial_task = task or self.task
 
         chain = deploy_transforms(deploy, task_prunes=self.task.can_train, cache=self.cache)
-        knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
-                                           "reduce_range", "quant_format", "sparsity", "keep_fp32",
-                                           "quantize_op_types", "weight_only_block_size",
-                                           "input_resolution"})
-        # mixed-precision knobs (and the ranking method) enter the key only when set: old entries stay valid
-        mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
-        if mixed:
-            from edge_search.transforms.quantize.sensitivity import SENSITIVITY_ID
-
-            knobs.update(mixed, sensitivity=SENSITIVITY_ID)
-        key = content_key("deploy", model_key, [t.name for t in chain], knobs)
+        key = content_key("deploy", model_key, [t.name for t in chain], deploy_key_knobs(deploy))
 
         def build(tmp: Path) -> None:
             src = model.onnx_path

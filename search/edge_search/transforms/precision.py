@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -37,6 +38,10 @@ class Fp16Transform(Transform):
     def applies(self, deploy: DeployConfig) -> bool:
         """When `precision` is `fp16`."""
         return deploy.precision == "fp16"
+
+    def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
+        """`precision`."""
+        return deploy.model_dump(include={"precision"})
 
     def apply(self, src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
         """Write the float16 model to `dst`, with what was done in its `metadata_props`."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,6 +73,10 @@ class MagnitudePruneTransform(Transform):
     def applies(self, deploy: DeployConfig) -> bool:
         """When `sparsity` > 0 (structured `channel_prune` needs a trainable task)."""
         return deploy.sparsity > 0
+
+    def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
+        """`sparsity`."""
+        return deploy.model_dump(include={"sparsity"})
 
     def apply(self, src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
         """Write the pruned model to `dst`, with what was done in its `metadata_props`."""

@@ -31,11 +31,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from edge_search.cache import ArtifactCache
 from edge_search.config import DeployConfig, KeepFp32
 from edge_search.errors import InputError
 from edge_search.tasks.base import Task
@@ -142,14 +142,25 @@ class QuantizeTransform(Transform):
     """int8-dynamic or int8-static (QDQ or QOperator) quantisation per the deploy knobs."""
 
     name = "quantize"
-
-    def __init__(self, cache: ArtifactCache | None = None) -> None:
-        """`cache`: where sensitivity rankings are kept (the pipeline's cache); None: this process only."""
-        self.cache = cache
+    key_extras = ("sensitivity",)
 
     def applies(self, deploy: DeployConfig) -> bool:
         """When `precision` is `int8-dynamic` or `int8-static`."""
         return deploy.quantized
+
+    def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
+        """The int8 knobs, and `input_resolution` (calibration data is resized to it); the
+        mixed-precision knobs (and the ranking method's version, `sensitivity`) only when set, so
+        keys of models made without them stay as they were."""
+        knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
+                                           "reduce_range", "quant_format", "keep_fp32", "quantize_op_types",
+                                           "input_resolution"})
+        mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
+        if mixed:
+            from edge_search.transforms.quantize.sensitivity import SENSITIVITY_ID
+
+            knobs.update(mixed, sensitivity=SENSITIVITY_ID)
+        return knobs
 
     def apply(self, src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
         """Quantise `src` into `dst`; static quantisation calibrates on `task.calibration_batches`."""
@@ -235,6 +246,10 @@ class WeightOnlyQuantizeTransform(Transform):
     def applies(self, deploy: DeployConfig) -> bool:
         """When `precision` is `int4-weight` or `int8-weight`."""
         return deploy.weight_only_bits is not None
+
+    def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
+        """`precision` (the bit width) and `weight_only_block_size`."""
+        return deploy.model_dump(include={"precision", "weight_only_block_size"})
 
     def apply(self, src: Path, dst: Path, deploy: DeployConfig, task: Task) -> None:
         """Quantise MatMul weights in blocks of `weight_only_block_size` (symmetric) into `dst`.
