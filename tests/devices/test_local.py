@@ -17,14 +17,8 @@ from edge_search.devices.inputs import InputSpec, build_feeds, parse_shape_arg, 
 from edge_search.devices.local import LocalDevice, allowed_cores, training_cores
 from edge_search.devices.profile import DeviceProfile, LatencySpec, get_profile
 from edge_search.devices.stats import LatencyStats
-from edge_search.devices.worker import (
-    others_pct,
-    parse_profile_trace,
-    read_cpu_times,
-    repeat_until_precise,
-    steal_pct,
-    warm_up,
-)
+from edge_search.devices.worker.engine import parse_profile_trace, repeat_until_precise, warm_up
+from edge_search.devices.worker.probes import others_pct, read_cpu_times, steal_pct
 from edge_search.errors import EdgeSearchError, InputError
 
 FAST = {"warmup_min_s": 0.05, "max_time_s": 2.0}

@@ -43,6 +43,7 @@ from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
 from edge_search.devices.emulation.opclass import class_group, classify_profiled, graph_costs, load_graph
 from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.devices.stats import HostInfo, LatencyStats
+from edge_search.devices.worker.probes import cpu_model
 from edge_search.errors import InputError
 
 if TYPE_CHECKING:
@@ -199,21 +200,11 @@ def _host_info() -> HostInfo:
         ort_version = ""
     return HostInfo(
         hostname=socket.gethostname(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         platform=platform.platform(),
         ort_version=ort_version,
         python=platform.python_version(),
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def wants_gpu(target: DeviceProfile, knobs: SessionKnobs) -> bool:
@@ -388,9 +379,9 @@ class EmulatedDevice(Device):
         bd = self.host_breakdown(request)
         host = self.host_profile
         ref = host.calibration.reference_host
-        if ref and ref != _cpu_model():
+        if ref and ref != cpu_model():
             warnings.append(
-                f"host profile was calibrated on '{ref}', this machine is '{_cpu_model()}': "
+                f"host profile was calibrated on '{ref}', this machine is '{cpu_model()}': "
                 "run `edge-search calibrate --device host`"
             )
         if bd.unmatched_nodes:

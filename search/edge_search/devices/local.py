@@ -118,7 +118,7 @@ class LocalDevice(Device):
     # --- the worker ----------------------------------------------------------------------------
 
     def _payload(self, request: MeasureRequest, mode: Literal["measure", "profile"], runs: int = 20) -> str:
-        from edge_search.devices.worker import WorkerRequest
+        from edge_search.devices.worker.request import WorkerRequest
 
         wr = WorkerRequest(mode=mode,
                            device=self.name, request=request.model_copy(

@@ -602,9 +602,9 @@ def host_id() -> str:
     """CPU model and ONNX Runtime version: what a host calibration is valid for."""
     import onnxruntime as ort
 
-    from edge_search.devices.emulated import _cpu_model
+    from edge_search.devices.worker.probes import cpu_model
 
-    return f"{_cpu_model()} / onnxruntime {ort.__version__}"
+    return f"{cpu_model()} / onnxruntime {ort.__version__}"
 
 
 def calibrate_host(

@@ -2,6 +2,6 @@
 
 import sys
 
-from edge_search.devices.worker import main
+from edge_search.devices.worker.entry import main
 
 sys.exit(main())
