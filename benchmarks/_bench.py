@@ -205,8 +205,8 @@ def run_lookup_study(space: Any, table: Mapping[str, Mapping[str, Any]], sampler
     the `n_trials` complete trials in order."""
     import optuna
 
+    from edge_search.samplers import make_sampler
     from edge_search.space import suggest_config
-    from edge_search.study import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = space.objective_names

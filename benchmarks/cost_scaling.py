@@ -109,9 +109,10 @@ def synthetic_study(n: int, rng: np.random.Generator) -> dict[str, Any]:
     import optuna
     from optuna.trial import TrialState, create_trial
 
+    from edge_search.records import TrialRecord
     from edge_search.space import load_space
     from edge_search.study import StudySession, make_storage
-    from edge_search.tracking import RUN_ID_ATTR, Tracker
+    from edge_search.tracking import Tracker
 
     storage_url = f"sqlite:///{FOLDER}/scale.db"
     tracking = f"sqlite:///{FOLDER}/scale-mlflow.db"
@@ -120,7 +121,7 @@ def synthetic_study(n: int, rng: np.random.Generator) -> dict[str, Any]:
     real = optuna.load_study(study_name="cost-real", storage=f"sqlite:///{FOLDER}/edge-search.db")
     src = real.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     real_tracker = Tracker(f"sqlite:///{FOLDER}/mlflow.db")
-    stats_text = {t.number: real_tracker.read_text(t.user_attrs[RUN_ID_ATTR], "latency_stats.json")
+    stats_text = {t.number: real_tracker.read_text(t.user_attrs[TrialRecord.RUN_ID], "latency_stats.json")
                   for t in src}
     space = load_space(None)
     session = StudySession.open(space=space, device="host", profile_version="1", study_name=f"scale-{n}",
@@ -144,7 +145,7 @@ def synthetic_study(n: int, rng: np.random.Generator) -> dict[str, Any]:
         constraints[str(space.constraints[0])] = viol[0]
         new.append(create_trial(state=TrialState.COMPLETE, values=values, params=s.params,
                                 distributions=s.distributions,
-                                user_attrs={**s.user_attrs, "metrics": metrics, RUN_ID_ATTR: run_id,
+                                user_attrs={**s.user_attrs, "metrics": metrics, TrialRecord.RUN_ID: run_id,
                                             "constraint_violations": viol},
                                 system_attrs={k: v for k, v in s.system_attrs.items() if "constraint" not in k},
                                 constraints=constraints))

@@ -30,10 +30,3 @@ def test_invalid_combinations(knobs: dict[str, object], reason: str) -> None:
 def test_valid_combination_passes() -> None:
     check(precision="int8-static", execution_mode="parallel", intra_op_threads=1, inter_op_threads=2,
           sparsity=0.5)
-
-
-def test_cli_sampler_names_match_the_study_factory() -> None:
-    from edge_search.commands.run import SAMPLERS as CLI_SAMPLERS
-    from edge_search.study import SAMPLERS
-
-    assert CLI_SAMPLERS == SAMPLERS

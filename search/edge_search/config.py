@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_search.devices.base import SessionKnobs
 from edge_search.errors import InvalidConfig
+from edge_search.schema import StrictModel
 
 Precision = Literal["fp32", "fp16", "int8-dynamic", "int8-static", "int8-weight", "int4-weight"]
 
@@ -27,10 +28,8 @@ KeepFp32 = Literal["none", "first_last", "depthwise", "first_last_depthwise"]
 QuantizeOpTypes = Literal["all", "conv", "matmul"]
 
 
-class DeployConfig(BaseModel):
+class DeployConfig(StrictModel):
     """Deployment knobs; field names are the names a space's `deploy:` section uses."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     precision: Precision = "fp32"
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -86,10 +85,8 @@ class DeployConfig(BaseModel):
 DEPLOY_KNOBS: dict[str, Any] = {name: f.default for name, f in DeployConfig.model_fields.items()}
 
 
-class TrialConfig(BaseModel):
+class TrialConfig(StrictModel):
     """What one trial evaluates: the task's train params and the deploy knobs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     train: dict[str, Any]
     deploy: DeployConfig

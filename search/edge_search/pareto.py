@@ -9,9 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from edge_search.tracking import RUN_ID_ATTR
-
-OBJECTIVES_ATTR = "objectives"
+from edge_search.records import StudyRecord, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -27,17 +25,14 @@ class ParetoPoint:
 
 
 def objective_names(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get(OBJECTIVES_ATTR)
+    names = StudyRecord.of(study).objective_names
     if names:
-        return list(names)
+        return names
     return [f"objective_{i}" for i in range(len(study.directions))]
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
-    constraints = trial.user_attrs.get("constraint_violations")
-    if constraints is None:
-        return True
-    return all(v <= 0 for v in constraints)
+    return TrialRecord.of(trial).feasible
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -47,9 +42,9 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
     names = objective_names(study)
-    return [ParetoPoint(trial=t.number, params=dict(t.user_attrs.get("config_params", t.params)),
+    return [ParetoPoint(trial=t.number, params=TrialRecord.of(t).config_params,
                         values=dict(zip(names, t.values or (), strict=True)),
-                        mlflow_run_id=t.user_attrs.get(RUN_ID_ATTR))
+                        mlflow_run_id=TrialRecord.of(t).run_id)
             for t in front_trials(study)]
 
 

@@ -21,11 +21,13 @@ from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InvalidConfig
+from edge_search.metrics import LATENCY_QUANTILES
 from edge_search.space import Constraint
 from edge_search.tasks.base import EpochCallback, ModelArtifact, Task, TrainingStopped
 
 STAGES = ("gate", "train", "prune", "transform", "evaluate", "measure")
-GATED_METRICS = ("latency_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms")
+GATED_METRICS = LATENCY_QUANTILES
+"""Latency metrics the gate can decide from the untrained network (quantiles of the samples)."""
 
 
 class GatedOut(InvalidConfig):

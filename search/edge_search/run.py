@@ -16,6 +16,7 @@ from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
+from edge_search.records import TrialRecord
 from edge_search.space import SearchSpace, load_space
 from edge_search.study import StudySession, make_storage
 from edge_search.tasks import create_task
@@ -116,6 +117,6 @@ def _stage_totals(session: StudySession, since: float) -> dict[str, float]:
     for t in session.study.get_trials(deepcopy=False):
         if t.datetime_start is None or t.datetime_start.timestamp() < since:
             continue
-        for k, v in (t.user_attrs.get("timings") or {}).items():
-            totals[k] = totals.get(k, 0.0) + float(v)
+        for k, v in TrialRecord.of(t).timings.items():
+            totals[k] = totals.get(k, 0.0) + v
     return totals

@@ -17,54 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from edge_search.errors import InputError
+from edge_search.metrics import OBJECTIVES, Direction, value_range
+from edge_search.metrics import direction as metric_direction
+from edge_search.schema import StrictModel, format_validation_error
 
 SPACE_SCHEMA_VERSION = 1
-
-Direction = Literal["minimize", "maximize"]
-
-#: Metrics a space may name as objectives or in constraints, with their natural direction.
-METRICS: dict[str, Direction] = {
-    "accuracy": "maximize",
-    "fidelity": "maximize",
-    # bring-your-own-model tasks (`onnx`, `torch`): task metrics where the data has labels ...
-    "top1": "maximize",
-    "top5": "maximize",
-    "mae": "minimize",
-    # ... and fidelity of the deployable model to the task's fp32 model on the same inputs
-    "fidelity_top1": "maximize",
-    "fidelity_cosine": "maximize",
-    "fidelity_max_abs_err": "minimize",
-    "latency_ms": "minimize",
-    "latency_p90_ms": "minimize",
-    "latency_p95_ms": "minimize",
-    "latency_p99_ms": "minimize",
-    "size_mb": "minimize",
-    "peak_memory_mb": "minimize",
-    "throughput_per_s": "maximize",
-    "energy_mj": "minimize",
-}
-
-#: Where a metric can lie at all; a constraint outside it can never be met.
-METRIC_RANGES: dict[str, tuple[float, float]] = {
-    "accuracy": (0.0, 1.0),
-    "fidelity": (0.0, 1.0),
-    "top1": (0.0, 1.0),
-    "top5": (0.0, 1.0),
-    "fidelity_top1": (0.0, 1.0),
-    "fidelity_cosine": (-1.0, 1.0),
-}
 
 Scalar = bool | int | float | str
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class KnobSpec(_Strict):
+class KnobSpec(StrictModel):
     """One searched (or fixed) knob.
 
     Written in YAML as `{low, high[, log, step]}`, `{choices: [...]}`, `{value: x}` or a bare value;
@@ -122,7 +87,7 @@ class KnobSpec(_Strict):
         return True
 
 
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(StrictModel):
     name: str
     direction: Direction
 
@@ -131,7 +96,7 @@ class ObjectiveSpec(_Strict):
     def _shorthand(cls, data: Any) -> Any:
         # `- accuracy` or `- {accuracy: maximize}`
         if isinstance(data, str):
-            return {"name": data, "direction": METRICS.get(data, "minimize")}
+            return {"name": data, "direction": metric_direction(data)}
         if isinstance(data, Mapping) and len(data) == 1 and "name" not in data:
             ((name, direction),) = data.items()
             return {"name": name, "direction": direction}
@@ -140,8 +105,8 @@ class ObjectiveSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown objective '{v}' (known: {', '.join(METRICS)})")
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown objective '{v}' (known: {', '.join(OBJECTIVES)})")
         return v
 
 
@@ -151,7 +116,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _CONSTRAINT_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
-class Constraint(_Strict):
+class Constraint(StrictModel):
     """`metric op bound`, e.g. `latency_p90_ms <= 5`. Satisfied when `violation() <= 0`."""
 
     metric: str
@@ -171,13 +136,13 @@ class Constraint(_Strict):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric '{v}' in constraint (known: {', '.join(METRICS)})")
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown metric '{v}' in constraint (known: {', '.join(OBJECTIVES)})")
         return v
 
     @model_validator(mode="after")
     def _reachable(self) -> Constraint:
-        lo, hi = METRIC_RANGES.get(self.metric, (0.0, float("inf")))
+        lo, hi = value_range(self.metric)
         if (self.op in (">=", ">") and (self.bound > hi or (self.op == ">" and self.bound == hi))) or (
                 self.op in ("<=", "<") and (self.bound < lo or (self.op == "<" and self.bound == lo))):
             raise ValueError(f"constraint '{self}' can never be met: {self.metric} lies in [{lo:g}, {hi:g}]")
@@ -196,7 +161,7 @@ class Constraint(_Strict):
         return f"{self.metric} {self.op} {self.bound:g}"
 
 
-class TaskSpec(_Strict):
+class TaskSpec(StrictModel):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -206,7 +171,7 @@ class TaskSpec(_Strict):
         return {"name": data} if isinstance(data, str) else data
 
 
-class SearchSpace(_Strict):
+class SearchSpace(StrictModel):
     """A validated search space; see `spaces/digits-cnn.yaml` for an annotated example."""
 
     schema_version: int
@@ -262,13 +227,6 @@ class SearchSpace(_Strict):
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
 
-def _format_validation(origin: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-")) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"{origin}: {loc}: {msg}"
-
-
 def parse_space(data: Any, origin: str) -> SearchSpace:
     """Validate space data; errors name the file, the field and the reason in one line."""
     if not isinstance(data, Mapping):
@@ -276,7 +234,7 @@ def parse_space(data: Any, origin: str) -> SearchSpace:
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as err:
-        raise InputError(_format_validation(origin, err)) from None
+        raise InputError(format_validation_error(origin, err)) from None
 
 
 BUILTIN_SPACES = ("digits-cnn",)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,16 @@ from optuna.trial import FrozenTrial, TrialState
 from edge_search import __version__
 from edge_search.config import TrialConfig
 from edge_search.errors import InputError
-from edge_search.pareto import OBJECTIVES_ATTR, front_trials
+from edge_search.pareto import front_trials
 from edge_search.pipeline import TrialResult
+from edge_search.records import StudyRecord, TrialRecord
+from edge_search.samplers import make_sampler
 from edge_search.space import SearchSpace
-from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker, absolute_sqlite, experiment_name
+from edge_search.tracking import Tracker, absolute_sqlite, experiment_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///edge-search.db"
-OWNER_ATTR = "owner"
 FITS_DEVICE = "fits_device"
 
 
@@ -60,25 +60,6 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
         raise InputError(f"--storage {url}: cannot open: {str(err).splitlines()[0]}") from None
 
 
-def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
-    """Sampler by CLI name; TPE (multivariate, grouped for conditional knobs) is the default."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=10)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
-        if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed, population_size=20)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
-    raise InputError(f"unknown sampler '{name}' (known: tpe, random, nsga2, nsga3, gp)")
-
-
-SAMPLERS = ("tpe", "random", "nsga2", "nsga3", "gp")
 
 
 @dataclass
@@ -113,7 +94,7 @@ class StudySession:
         self.tracker = tracker
         self.sampler_name = sampler_name
         self.experiment_id = tracker.experiment_id(experiment_name(space.name, device))
-        self.parent_run_id: str = study.user_attrs.get(PARENT_RUN_ATTR, "")
+        self.parent_run_id: str = StudyRecord.of(study).parent_run_id or ""
         self.front: set[int] = set()
 
     @classmethod
@@ -154,26 +135,26 @@ class StudySession:
     def _check_or_init_attrs(self, profile_version: str) -> None:
         attrs = self.study.user_attrs
         space_hash = self.space.space_hash()
-        if "space_hash" in attrs:
-            if attrs["space_hash"] != space_hash:
+        if StudyRecord.SPACE_HASH in attrs:
+            if attrs[StudyRecord.SPACE_HASH] != space_hash:
                 raise InputError(f"study '{self.name}' was created from a different search space "
-                                 f"(hash {attrs['space_hash']}, now {space_hash}); choose another --study")
-            if attrs.get("device") != self.device:
-                raise InputError(f"study '{self.name}' belongs to device '{attrs.get('device')}', "
+                                 f"(hash {attrs[StudyRecord.SPACE_HASH]}, now {space_hash}); choose another --study")
+            if attrs.get(StudyRecord.DEVICE) != self.device:
+                raise InputError(f"study '{self.name}' belongs to device '{attrs.get(StudyRecord.DEVICE)}', "
                                  f"not '{self.device}'; choose another --study")
             return
         if len(self.study.directions) != len(self.space.objectives):
             raise InputError(f"study '{self.name}' exists with other objectives; choose another --study")
-        self.study.set_user_attr("space_hash", space_hash)
-        self.study.set_user_attr("space", self.space.model_dump(mode="json"))
-        self.study.set_user_attr("device", self.device)
-        self.study.set_user_attr("profile_version", profile_version)
-        self.study.set_user_attr(OBJECTIVES_ATTR, self.space.objective_names)
-        self.study.set_user_attr("task", self.space.task.name)
-        self.study.set_user_attr("edge_search_version", __version__)
+        self.study.set_user_attr(StudyRecord.SPACE_HASH, space_hash)
+        self.study.set_user_attr(StudyRecord.SPACE, self.space.model_dump(mode="json"))
+        self.study.set_user_attr(StudyRecord.DEVICE, self.device)
+        self.study.set_user_attr(StudyRecord.PROFILE_VERSION, profile_version)
+        self.study.set_user_attr(StudyRecord.OBJECTIVES, self.space.objective_names)
+        self.study.set_user_attr(StudyRecord.TASK, self.space.task.name)
+        self.study.set_user_attr(StudyRecord.VERSION, __version__)
 
     def _parent_run(self, extra_tags: dict[str, str]) -> str:
-        rid = self.study.user_attrs.get(PARENT_RUN_ATTR)
+        rid = StudyRecord.of(self.study).parent_run_id
         if rid:
             self.tracker.resume_parent(rid)
             return str(rid)
@@ -183,7 +164,7 @@ class StudySession:
                 "space_hash": self.space.space_hash(), "task": self.space.task.name, **extra_tags}
         rid = self.tracker.start_parent(self.experiment_id, self.name, tags,
                                         {"space": json.dumps(self.space.model_dump(mode="json"))})
-        self.study.set_user_attr(PARENT_RUN_ATTR, rid)
+        self.study.set_user_attr(StudyRecord.PARENT_RUN_ID, rid)
         return rid
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -195,10 +176,10 @@ class StudySession:
         """(validation curve, measured median latency) of complete trials, for early stopping."""
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            curve = t.user_attrs.get("val_curve")
-            metrics = t.user_attrs.get("metrics") or {}
+            record = TrialRecord.of(t)
+            curve, metrics = record.val_curve, record.metrics
             if curve and "latency_ms" in metrics:
-                out.append(({int(k): float(v) for k, v in curve.items()}, float(metrics["latency_ms"])))
+                out.append((curve, metrics["latency_ms"]))
         return out
 
     def n_running(self) -> int:
@@ -209,31 +190,31 @@ class StudySession:
         storage = self.study._storage
         redone: list[int] = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get(OWNER_ATTR)
+            owner = t.user_attrs.get(TrialRecord.OWNER)
             if owner is None or Owner(**owner).alive():
                 continue
             try:
-                storage.set_trial_user_attr(t._trial_id, "fail_reason", "the process running it died")
+                storage.set_trial_user_attr(t._trial_id, TrialRecord.FAIL_REASON, "the process running it died")
                 # The storage checks the state under a row lock: of several processes recovering
                 # the same orphan, exactly one gets here without an error and redoes it.
                 storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            run_id = t.user_attrs.get(RUN_ID_ATTR)
+            run_id = TrialRecord.of(t).run_id
             if run_id:
                 self.tracker.mark_failed([run_id], "the process running it died; redone as a new trial")
             if t.params:
-                self.study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+                self.study.enqueue_trial(t.params, user_attrs={TrialRecord.RETRY_OF: t.number}, skip_if_exists=False)
             redone.append(t.number)
         return redone
 
     def begin_trial(self, trial: optuna.Trial, config: TrialConfig) -> str:
         """Mark ownership and open the trial's MLflow child run (created once per trial)."""
-        trial.set_user_attr(OWNER_ATTR, Owner.me().__dict__)
-        trial.set_user_attr("config_params", config.flat_params())
+        trial.set_user_attr(TrialRecord.OWNER, Owner.me().__dict__)
+        trial.set_user_attr(TrialRecord.CONFIG_PARAMS, config.flat_params())
         run_id = self.tracker.start_trial(self.experiment_id, self.parent_run_id, trial.number,
                                           config.flat_params(), {"device": self.device})
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
+        trial.set_user_attr(TrialRecord.RUN_ID, run_id)
         return run_id
 
     def values_of(self, result: TrialResult) -> list[float]:
@@ -249,17 +230,17 @@ class StudySession:
             trial.set_constraint(str(c), v)
         fits = 1.0 if result.infeasible else 0.0
         trial.set_constraint(FITS_DEVICE, fits)
-        trial.set_user_attr("constraint_violations", [*violations, fits])
-        trial.set_user_attr("metrics", result.metrics)
-        trial.set_user_attr("timings", result.timings)
-        trial.set_user_attr("cache_hits", result.cache_hits)
-        trial.set_user_attr("latency_source", result.latency_source)
-        trial.set_user_attr("latency", _latency_attr(result))
-        trial.set_user_attr("deployable_path", str(result.deployable))
+        trial.set_user_attr(TrialRecord.CONSTRAINT_VIOLATIONS, [*violations, fits])
+        trial.set_user_attr(TrialRecord.METRICS, result.metrics)
+        trial.set_user_attr(TrialRecord.TIMINGS, result.timings)
+        trial.set_user_attr(TrialRecord.CACHE_HITS, result.cache_hits)
+        trial.set_user_attr(TrialRecord.LATENCY_SOURCE, result.latency_source)
+        trial.set_user_attr(TrialRecord.LATENCY, TrialRecord.latency_summary(result.latency))
+        trial.set_user_attr(TrialRecord.DEPLOYABLE_PATH, str(result.deployable))
         if result.val_curve:
-            trial.set_user_attr("val_curve", {str(k): v for k, v in result.val_curve.items()})
+            trial.set_user_attr(TrialRecord.VAL_CURVE, TrialRecord.curve_attr(result.val_curve))
         if result.infeasible:
-            trial.set_user_attr("infeasible", result.infeasible)
+            trial.set_user_attr(TrialRecord.INFEASIBLE, result.infeasible)
         if tell:
             self.study.tell(trial, self.values_of(result))
         tags = {"latency_source": result.latency_source, "device": self.device,
@@ -276,11 +257,11 @@ class StudySession:
 
     def reject_trial(self, trial: optuna.Trial, run_id: str | None, state: TrialState, reason: str) -> None:
         """An invalid configuration (PRUNED) or a failure (FAIL), with its reason on the trial."""
-        trial.set_user_attr("fail_reason" if state == TrialState.FAIL else "invalid_reason", reason)
+        key = TrialRecord.FAIL_REASON if state == TrialState.FAIL else TrialRecord.INVALID_REASON
+        trial.set_user_attr(key, reason)
         self.study.tell(trial, state=state)
         if run_id:
             label = "INVALID" if state == TrialState.PRUNED else "FAIL"
-            key = "invalid_reason" if label == "INVALID" else "fail_reason"
             self.tracker.finish_trial(run_id, label, {}, {key: reason[:4900]})
 
     # -- Pareto tags --------------------------------------------------------------------------------
@@ -299,16 +280,16 @@ class StudySession:
             for run in runs:
                 number = int(run.tags.get("trial_number", -1))
                 t = by_number.get(number)
-                if t is None or t.user_attrs.get(RUN_ID_ATTR) != run.run_id:
+                if t is None or TrialRecord.of(t).run_id != run.run_id:
                     continue
                 if t.state == TrialState.FAIL and run.status == "RUNNING":
                     # Its worker died and the driver failed it (Ray): close the run to match.
-                    self.tracker.mark_failed([run.run_id], t.user_attrs.get("fail_reason", "worker died"))
+                    self.tracker.mark_failed([run.run_id], t.user_attrs.get(TrialRecord.FAIL_REASON, "worker died"))
                 if t.state == TrialState.COMPLETE and run.status != "FINISHED":
                     # Killed between `tell` and the MLflow write: the study has what the run lacks.
-                    self.tracker.finish_trial(run.run_id, "COMPLETE", t.user_attrs.get("metrics", {}),
-                                              {"latency_source": t.user_attrs.get("latency_source", "")},
-                                              step=number)
+                    record = TrialRecord.of(t)
+                    self.tracker.finish_trial(run.run_id, "COMPLETE", record.metrics,
+                                              {"latency_source": record.latency_source or ""}, step=number)
                 want = "true" if number in new_front else "false"
                 if run.tags.get("pareto") != want:
                     self.tracker.set_tags(run.run_id, {"pareto": want})
@@ -316,19 +297,19 @@ class StudySession:
                     self._attach_model(t)
         else:
             for number in new_front - self.front:
-                self.tracker.set_tags(trials[number].user_attrs[RUN_ID_ATTR], {"pareto": "true"})
+                self.tracker.set_tags(trials[number].user_attrs[TrialRecord.RUN_ID], {"pareto": "true"})
                 self._attach_model(trials[number])
             old = {t.number: t for t in self.study.get_trials(deepcopy=False)}
             for number in self.front - new_front:
-                rid = old[number].user_attrs.get(RUN_ID_ATTR)
+                rid = TrialRecord.of(old[number]).run_id
                 if rid:
                     self.tracker.set_tags(rid, {"pareto": "false"})
         self.front = new_front
         return new_front
 
     def _attach_model(self, trial: FrozenTrial) -> None:
-        path = Path(trial.user_attrs.get("deployable_path", ""))
-        rid = trial.user_attrs.get(RUN_ID_ATTR)
+        record = TrialRecord.of(trial)
+        path, rid = Path(record.deployable_path), record.run_id
         if rid and path.is_file():
             self.tracker.log_model_file(rid, path)
 
@@ -351,12 +332,3 @@ def _study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> FileLo
     lock_dir = default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(lock_dir / f"study-{key}.lock"), timeout=120)
-
-
-def _latency_attr(result: TrialResult) -> dict[str, Any]:
-    lat = result.latency
-    return {"median_ms": lat.median_ms, "p90_ms": lat.p90_ms, "ci_low_ms": lat.ci_low_ms,
-            "ci_high_ms": lat.ci_high_ms, "cv": lat.cv, "samples": len(lat.samples_ms),
-            "source": lat.source, "stop_reason": lat.stop_reason, "warnings": list(lat.warnings),
-            "started_at": lat.started_at, "ended_at": lat.ended_at, "lease_wait_s": lat.lease_wait_s,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(lat.ended_at or time.time()))}

@@ -27,8 +27,6 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
-RUN_ID_ATTR = "mlflow_run_id"
 
 
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"

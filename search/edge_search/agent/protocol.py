@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from edge_search.devices.base import SessionKnobs
 from edge_search.devices.stats import LatencyStats
+from edge_search.schema import StrictModel
 
 PROTOCOL_VERSION = 1
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -28,11 +29,7 @@ MAX_ELEMENTS = 1 << 26
 """Most elements one input tensor may have (a 256 MB float32 tensor): bounds the board's memory."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RemoteMeasureRequest(_Strict):
+class RemoteMeasureRequest(StrictModel):
     """A `MeasureRequest` over the wire: the model by digest (uploaded before), bounded fields."""
 
     model_sha256: str = Field(pattern=SHA256_PATTERN)
@@ -71,7 +68,7 @@ class RemoteMeasureRequest(_Strict):
         return session
 
 
-class BoardState(_Strict):
+class BoardState(StrictModel):
     """What the board looks like right now; fields the OS does not expose are None or empty."""
 
     temperatures_c: dict[str, float] = Field(default_factory=dict)
@@ -87,7 +84,7 @@ class BoardState(_Strict):
     memory_available_mb: float = 0.0
 
 
-class AgentHealth(_Strict):
+class AgentHealth(StrictModel):
     """The heartbeat answer: who the agent is, whether it is measuring, and its queue."""
 
     status: str = "ok"
@@ -110,7 +107,7 @@ class AgentHealth(_Strict):
     board: BoardState = Field(default_factory=BoardState)
 
 
-class ModelInfo(_Strict):
+class ModelInfo(StrictModel):
     """A model in the agent's cache."""
 
     sha256: str
@@ -119,7 +116,7 @@ class ModelInfo(_Strict):
     """True when this request stored it; False when it was already cached."""
 
 
-class MeasureResponse(_Strict):
+class MeasureResponse(StrictModel):
     """One measurement on the board, with the board's state right after it."""
 
     stats: LatencyStats
@@ -128,7 +125,7 @@ class MeasureResponse(_Strict):
     agent_device: str = ""
 
 
-class ErrorBody(_Strict):
+class ErrorBody(StrictModel):
     """Every error answer: ``{"detail": "one line"}`` (FastAPI's shape)."""
 
     detail: str

@@ -32,7 +32,8 @@ from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_SCHEMA, FRONT_FILE
 from edge_search.cache import file_sha256
 from edge_search.errors import InputError
 from edge_search.pareto import front_trials, is_feasible, objective_names
-from edge_search.tracking import PARENT_RUN_ATTR, RUN_ID_ATTR, Tracker
+from edge_search.records import StudyRecord, TrialRecord
+from edge_search.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,9 @@ def package_versions() -> dict[str, str]:
 
 
 def _task_version(study: optuna.Study) -> str | None:
-    space = study.user_attrs.get("space") or {}
-    task = space.get("task") or {}
-    name = task.get("name") if isinstance(task, dict) else study.user_attrs.get("task")
+    record = StudyRecord.of(study)
+    task = record.space.get("task") or {}
+    name = task.get("name") if isinstance(task, dict) else record.get(StudyRecord.TASK)
     try:
         from edge_search.tasks import TASKS
 
@@ -87,12 +88,13 @@ def _mlflow_text(tracker: Tracker | None, run_id: str | None, path: str) -> str 
 
 
 def _model_file(trial: FrozenTrial, tracker: Tracker | None, base_dir: Path, dst: Path) -> None:
-    recorded = Path(trial.user_attrs.get("deployable_path", ""))
+    record = TrialRecord.of(trial)
+    recorded = Path(record.deployable_path)
     path = recorded if recorded.is_absolute() else base_dir / recorded
     if path.is_file():
         shutil.copyfile(path, dst)
         return
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    run_id = record.run_id
     if tracker is not None and run_id:
         try:
             got = tracker.download(run_id, "model/model.onnx", dst.parent)
@@ -122,23 +124,24 @@ def _input_spec(model: Path, batch_size: int) -> list[dict[str, Any]]:
 def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, Any] | None,
                     model: Path) -> dict[str, Any]:
     """The `bundle.json` document for a trial whose model is at `model`."""
-    params = dict(trial.user_attrs.get("config_params", trial.params))
+    record, srecord = TrialRecord.of(trial), StudyRecord.of(study)
+    params = record.config_params
     deploy = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("deploy.")}
     train = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("train.")}
-    metrics = {k: float(v) for k, v in (trial.user_attrs.get("metrics") or {}).items()}
-    summary = trial.user_attrs.get("latency") or {}
+    metrics = record.metrics
+    summary = record.latency
     knobs = dict((stats or {}).get("knobs") or {})
     session = {"intra_op_threads": int(deploy.get("intra_op_threads", 1)),
                "inter_op_threads": int(deploy.get("inter_op_threads", 1)),
                "graph_optimization": deploy.get("graph_optimization", "all"),
                "execution_mode": deploy.get("execution_mode", "sequential"),
                "providers": ["CPUExecutionProvider"], "allow_spinning": True, **knobs}
-    device = str((stats or {}).get("device") or study.user_attrs.get("device", ""))
+    device = str((stats or {}).get("device") or srecord.device)
     latency = {
         "median_ms": metrics.get("latency_ms", summary.get("median_ms")),
         **{k: metrics.get(f"latency_{k}") for k in ("p90_ms", "p95_ms", "p99_ms", "ci_low_ms", "ci_high_ms")},
-        "source": trial.user_attrs.get("latency_source", summary.get("source", "")),
-        "device": device, "profile_version": study.user_attrs.get("profile_version"),
+        "source": record.get(TrialRecord.LATENCY_SOURCE, summary.get("source", "")),
+        "device": device, "profile_version": srecord.get(StudyRecord.PROFILE_VERSION),
         "samples": summary.get("samples"), "stop_reason": summary.get("stop_reason"),
         "warnings": summary.get("warnings", []), "measured_at": summary.get("measured_at"),
         "cores_used": ((stats or {}).get("host") or {}).get("cores_used"),
@@ -158,11 +161,11 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
         "feasible": is_feasible(trial),
         "config": {"train": train, "deploy": deploy},
         "provenance": {
-            "space_hash": study.user_attrs.get("space_hash"), "task": study.user_attrs.get("task"),
-            "task_version": _task_version(study), "device": study.user_attrs.get("device"),
-            "profile_version": study.user_attrs.get("profile_version"),
-            "mlflow_run_id": trial.user_attrs.get(RUN_ID_ATTR),
-            "mlflow_parent_run_id": study.user_attrs.get(PARENT_RUN_ATTR),
+            "space_hash": srecord.get(StudyRecord.SPACE_HASH), "task": srecord.get(StudyRecord.TASK),
+            "task_version": _task_version(study), "device": srecord.get(StudyRecord.DEVICE),
+            "profile_version": srecord.get(StudyRecord.PROFILE_VERSION),
+            "mlflow_run_id": record.run_id,
+            "mlflow_parent_run_id": srecord.parent_run_id,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "packages": package_versions(),
         },
     }
@@ -175,7 +178,7 @@ def export_trial(study: optuna.Study, number: int, out: Path, tracker: Tracker |
     out.mkdir(parents=True, exist_ok=True)
     model = out / "model.onnx"
     _model_file(trial, tracker, base_dir, model)
-    stats_text = _mlflow_text(tracker, trial.user_attrs.get(RUN_ID_ATTR), "latency_stats.json")
+    stats_text = _mlflow_text(tracker, TrialRecord.of(trial).run_id, "latency_stats.json")
     stats = json.loads(stats_text) if stats_text else None
     if stats_text:
         (out / "latency_stats.json").write_text(stats_text, encoding="utf-8")
@@ -205,7 +208,7 @@ def export_front(study: optuna.Study, out: Path, tracker: Tracker | None = None,
         paths.append(folder)
     entries.sort(key=lambda e: (-(e["accuracy"] or 0.0), e["latency_ms"] or 0.0))
     front = {"schema_version": BUNDLE_SCHEMA, "kind": "edge-search-front", "study": study.study_name,
-             "device": study.user_attrs.get("device"), "configurations": entries}
+             "device": StudyRecord.of(study).get(StudyRecord.DEVICE), "configurations": entries}
     (out / FRONT_FILE).write_text(json.dumps(front, indent=2) + "\n", encoding="utf-8")
     _copy_runtime(out)
     return paths
@@ -225,23 +228,24 @@ def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: s
     import tempfile
 
     trial = get_trial(study, number)
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    run_id = TrialRecord.of(trial).run_id
     if not run_id:
         raise InputError(f"trial {number} of study '{study.study_name}' has no MLflow run to register from")
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_trial(study, number, Path(tmp) / "bundle", tracker, base_dir)
         manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
         tracker.log_folder(run_id, folder, "bundle")
-    space = study.user_attrs.get("space") or {}
+    srecord = StudyRecord.of(study)
+    space = srecord.space
     from edge_search.space import Constraint
 
     constraints = "; ".join(str(Constraint.model_validate(c)) for c in space.get("constraints") or [])
     lat = manifest["latency"]
-    tags = {"device": str(lat["device"] or study.user_attrs.get("device", "")),
+    tags = {"device": str(lat["device"] or srecord.device),
             "budget": budget if budget is not None else constraints,
             "study": study.study_name, "trial": str(number), "latency_ms": str(lat["median_ms"]),
             "latency_source": str(lat["source"]), "accuracy": str(manifest["accuracy"]),
-            "space_hash": str(study.user_attrs.get("space_hash", ""))}
+            "space_hash": str(srecord.get(StudyRecord.SPACE_HASH, ""))}
     version = tracker.register_version(name, run_id, "bundle", tags=tags,
                                        description=f"trial {number} of study {study.study_name}", alias=alias,
                                        model_tags={"edge_search.study": study.study_name},

@@ -35,36 +35,28 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from scipy import stats as sps
 
 from edge_search.devices.base import SessionKnobs
 from edge_search.devices.stats import Comparison, LatencyStats, compare
 from edge_search.errors import InputError
+from edge_search.metrics import BUDGET_METRICS, MEASURED_BUDGET_METRICS, METRICS
+from edge_search.schema import StrictModel, format_validation_error
 
 BUDGETS_SCHEMA_VERSION = 1
 
 Status = Literal["pass", "warn", "fail", "skip"]
 BudgetKind = Literal["absolute", "relative"]
 
-#: Latency metrics -> the `LatencyStats` field holding that statistic.
-LATENCY_FIELDS: dict[str, str] = {
-    "latency_ms": "median_ms",
-    "latency_p90_ms": "p90_ms",
-    "latency_p95_ms": "p95_ms",
-    "latency_p99_ms": "p99_ms",
-    "latency_mean_ms": "mean_ms",
-}
-#: Quantile of the per-sample distribution each latency metric is (None: the mean).
-_QUANTILE: dict[str, float | None] = {"latency_ms": 0.5, "latency_p90_ms": 0.9, "latency_p95_ms": 0.95,
-                                      "latency_p99_ms": 0.99, "latency_mean_ms": None}
-MEASURED_METRICS = (*LATENCY_FIELDS, "peak_memory_mb")
+# Budget metrics, their units and directions, and the `LatencyStats` field of each latency metric
+# are the metrics table's (`edge_search.metrics`); these are views of it for the rules below.
+MEASURED_METRICS = MEASURED_BUDGET_METRICS
 """Metrics that come from the measurement rounds (noisy: decided with intervals)."""
-METRICS: dict[str, str] = {**dict.fromkeys(LATENCY_FIELDS, "ms"), "peak_memory_mb": "MB", "size_mb": "MB",
-                           "accuracy": ""}
-"""Every metric a budget may name -> its unit."""
-HIGHER_IS_BETTER = frozenset({"accuracy"})
+LATENCY_FIELDS: dict[str, str] = {n: str(METRICS[n].stats_field) for n in MEASURED_METRICS if METRICS[n].unit == "ms"}
+"""Latency metrics -> the `LatencyStats` field holding that statistic."""
 RELATIVE_METRICS = frozenset({*MEASURED_METRICS, "size_mb"})
+"""Metrics a relative budget (``+5%``) may limit: the measured ones and the file size."""
 
 _ABS = re.compile(r"^\s*(<=|>=)?\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _REL = re.compile(r"^\s*\+\s*(\d+\.?\d*|\.\d+)\s*%\s*$")
@@ -91,7 +83,11 @@ class Budget:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric in HIGHER_IS_BETTER
+        return METRICS[self.metric].higher_is_better
+
+    @property
+    def unit(self) -> str:
+        return METRICS[self.metric].unit
 
 
 def parse_budget(metric: str, value: Any) -> list[Budget]:
@@ -99,15 +95,15 @@ def parse_budget(metric: str, value: Any) -> list[Budget]:
 
     A bare number means ``<=`` (``>=`` for accuracy). Raises `ValueError` with the reason.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
+    if metric not in BUDGET_METRICS:
+        raise ValueError(f"unknown metric '{metric}' (known: {', '.join(BUDGET_METRICS)})")
     if isinstance(value, list):
         if not value:
             raise ValueError("an empty list of budgets")
         return [b for v in value for b in parse_budget(metric, v)]
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"a budget is a number, '<= N', '>= N' or '+N%', not {value!r}")
-    higher = metric in HIGHER_IS_BETTER
+    higher = METRICS[metric].higher_is_better
     if isinstance(value, str) and (m := _REL.match(value)):
         if metric not in RELATIVE_METRICS:
             raise ValueError(f"a relative budget ('{value}') is not supported for {metric}; "
@@ -131,10 +127,6 @@ def parse_budget(metric: str, value: Any) -> list[Budget]:
 # --- the budgets.yaml schema -------------------------------------------------------------------
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 BudgetValue = float | str | list[float | str]
 
 
@@ -148,7 +140,7 @@ def _check_budgets(value: dict[str, BudgetValue]) -> dict[str, BudgetValue]:
     return value
 
 
-class MeasurementSpec(_Strict):
+class MeasurementSpec(StrictModel):
     """How a check measures: rounds of fresh worker processes and each worker's stopping rule."""
 
     min_rounds: int = Field(4, ge=2, le=100)
@@ -169,7 +161,7 @@ class MeasurementSpec(_Strict):
         return self
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(StrictModel):
     """Where accuracy comes from: a built-in task's held-out split, or an .npz file of ``x`` and ``y``."""
 
     task: str | None = None
@@ -186,7 +178,7 @@ class EvaluationSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """One model under budget: an ONNX file or an exported bundle folder, its knobs and budgets."""
 
     name: str = ""
@@ -212,7 +204,7 @@ class ModelSpec(_Strict):
         return self.name or (self.model.stem if self.model.suffix == ".onnx" else self.model.name)
 
 
-class BudgetsFile(_Strict):
+class BudgetsFile(StrictModel):
     """A budgets.yaml file: the device, default knobs, measurement settings and the models."""
 
     schema_version: int
@@ -252,32 +244,6 @@ class BudgetsFile(_Strict):
         return model.session or self.session
 
 
-def _format_error(origin: str, err: ValidationError, data: Any) -> str:
-    first = err.errors()[0]
-    loc = list(first["loc"])
-    parts: list[str] = []
-    for i, p in enumerate(loc):
-        if isinstance(p, int) and i > 0 and loc[i - 1] == "models":
-            name = ""
-            try:
-                entry = data["models"][p]
-                name = str(entry.get("name") or entry.get("model") or "")
-            except (KeyError, IndexError, TypeError, AttributeError):
-                pass
-            parts[-1] = f"models[{p}]" + (f" ({name})" if name else "")
-        else:
-            parts.append(str(p))
-    where = ".".join(parts) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see examples/ci/budgets.yaml)"
-    elif first["type"] == "missing":
-        msg = "required field is missing"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    return f"{origin}: {where}: {msg}"
-
-
 def parse_budgets(data: Any, origin: str, base_dir: Path | None = None) -> BudgetsFile:
     """Validate budgets data; relative paths are resolved against `base_dir`; models must exist.
 
@@ -290,7 +256,9 @@ def parse_budgets(data: Any, origin: str, base_dir: Path | None = None) -> Budge
     try:
         spec = BudgetsFile.model_validate(data)
     except ValidationError as err:
-        raise InputError(_format_error(origin, err, data)) from None
+        raise InputError(format_validation_error(origin, err, data, example="examples/ci/budgets.yaml",
+                                                 missing="required field is missing",
+                                                 named_lists=("models",))) from None
     base = base_dir or Path(".")
 
     def resolve(p: Path) -> Path:
@@ -417,7 +385,7 @@ def within_round_ci(stats: LatencyStats, metric: str, confidence: float = 0.95) 
     value = metric_value(stats, metric)
     if stats.source == "emulated" or len(stats.samples_ms) < 2:
         return min(stats.ci_low_ms, value), max(stats.ci_high_ms, value)
-    q = _QUANTILE[metric]
+    q = METRICS[metric].quantile
     if q == 0.5:
         return stats.ci_low_ms, stats.ci_high_ms
     if q is None:
@@ -511,7 +479,7 @@ def decide_absolute(model: str, budget: Budget, rounds: Sequence[LatencyStats],
     """An absolute budget on a measured metric: fail when the interval lies wholly beyond the limit,
     pass when it lies wholly within, warn when it straddles the limit."""
     iv = absolute_interval(rounds, budget.metric, confidence)
-    unit = METRICS[budget.metric]
+    unit = budget.unit
     source = rounds[0].source
     limit = budget.limit
     ci = f"{confidence:.0%} CI [{_fmt(iv.low, unit)}, {_fmt(iv.high, unit)}]"
@@ -579,7 +547,7 @@ def decide_exact(model: str, budget: Budget, value: float, baseline_value: float
 
     Relative budgets need `baseline_value`; without one the budget is skipped.
     """
-    unit = METRICS[budget.metric]
+    unit = budget.unit
     if budget.kind == "relative":
         if baseline_value is None or baseline_value <= 0:
             return skipped(model, budget, "no baseline to compare with")
@@ -597,7 +565,7 @@ def decide_exact(model: str, budget: Budget, value: float, baseline_value: float
 def skipped(model: str, budget: Budget, reason: str) -> Decision:
     """A budget that could not be decided (e.g. a relative budget without a baseline)."""
     return Decision(model, budget, "skip", math.nan, math.nan, math.nan, math.nan,
-                    METRICS[budget.metric], f"{budget.label}: skipped: {reason}")
+                    budget.unit, f"{budget.label}: skipped: {reason}")
 
 
 def decide_model(model: str, budgets: Sequence[Budget], candidate: Sequence[LatencyStats],

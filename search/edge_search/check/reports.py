@@ -18,7 +18,10 @@ from typing import Any
 
 from edge_search.check.budgets import Decision, absolute_interval
 from edge_search.check.runner import CheckResult, ModelResult
+from edge_search.metrics import MEASURED_BUDGET_METRICS, METRICS
 
+TREND_METRICS = ("latency_ms", "latency_p90_ms", "peak_memory_mb")
+"""Measured metrics every model gets a benchmark-JSON entry for (trend charts), budget or not."""
 _ICON = {"pass": "✅ pass", "warn": "⚠️ warn", "fail": "❌ fail", "skip": "⏭️ skip"}
 
 
@@ -100,7 +103,7 @@ def junit_xml(result: CheckResult) -> str:
 
 def _detail(m: ModelResult, d: Decision) -> str:
     lines = [d.message, f"source: {d.source}"]
-    if d.budget.metric not in ("accuracy", "size_mb"):
+    if d.budget.metric in MEASURED_BUDGET_METRICS:
         base = f", baseline: {m.baseline}" if m.baseline else ""
         lines.append(f"rounds: {len(m.candidate_rounds)}{base}")
     lines += [*d.notes, *m.notes]
@@ -142,7 +145,8 @@ def benchmark_json(result: CheckResult) -> str:
         by_metric = {d.budget.metric: d for d in m.decisions if d.budget.kind == "absolute"}
         extra = f"device={result.device}; source={m.source}; rounds={len(m.candidate_rounds)}"
         if m.candidate_rounds:
-            for metric, unit in (("latency_ms", "ms"), ("latency_p90_ms", "ms"), ("peak_memory_mb", "MB")):
+            for metric in TREND_METRICS:
+                unit = METRICS[metric].unit
                 d = by_metric.get(metric)
                 if d is not None:
                     value, low, high = d.value, d.low, d.high
@@ -152,7 +156,7 @@ def benchmark_json(result: CheckResult) -> str:
                 entries.append({"name": f"{m.name} {metric}", "unit": unit, "value": round(value, 6),
                                 "range": f"±{(high - low) / 2:.4g}", "extra": extra})
         if m.size_mb is not None:
-            entries.append({"name": f"{m.name} size_mb", "unit": "MB", "value": round(m.size_mb, 6),
+            entries.append({"name": f"{m.name} size_mb", "unit": METRICS["size_mb"].unit, "value": round(m.size_mb, 6),
                             "extra": extra})
         if m.accuracy is not None:
             entries.append({"name": f"{m.name} error_rate", "unit": "fraction",

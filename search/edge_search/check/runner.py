@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from edge_search.check.budgets import (
     MEASURED_METRICS,
@@ -40,6 +40,7 @@ from edge_search.check.budgets import (
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InputError
+from edge_search.schema import StrictModel, format_validation_error, validation_problem
 
 BASELINE_SCHEMA_VERSION = 1
 BASELINE_KIND: Literal["edge-search-check-baseline"] = "edge-search-check-baseline"
@@ -112,7 +113,7 @@ def resolve_model(path: Path) -> ResolvedModel:
             try:
                 session = SessionKnobs.model_validate(known)
             except ValidationError as err:
-                raise InputError(f"{mpath}: session options: {err.errors()[0]['msg']}") from None
+                raise InputError(f"{mpath}: session options: {validation_problem(err).message}") from None
         shapes = _manifest_shapes(manifest.get("inputs"))
         break
     onnx_path = path / model_file
@@ -162,10 +163,8 @@ def evaluate_accuracy(onnx_path: Path, spec: EvaluationSpec) -> float:
 # --- stored baselines --------------------------------------------------------------------------
 
 
-class BaselineEntry(BaseModel):
+class BaselineEntry(StrictModel):
     """One model's baseline: every measured round, its size and (if evaluated) its accuracy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str
     rounds: tuple[LatencyStats, ...] = Field(min_length=2)
@@ -173,10 +172,8 @@ class BaselineEntry(BaseModel):
     accuracy: float | None = None
 
 
-class BaselineFile(BaseModel):
+class BaselineFile(StrictModel):
     """``--save-baseline`` output, read back by ``--baseline``: per model name, its rounds."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = BASELINE_SCHEMA_VERSION
     kind: Literal["edge-search-check-baseline"] = BASELINE_KIND
@@ -200,9 +197,7 @@ def load_baseline(path: Path) -> BaselineFile:
     try:
         return BaselineFile.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"{path}: {loc}: {first['msg']}") from None
+        raise InputError(format_validation_error(str(path), err)) from None
 
 
 def comparable_hosts(a: LatencyStats, b: LatencyStats) -> str | None:

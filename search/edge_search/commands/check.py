@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_search.devices.base import Device
     from edge_search.devices.profile import get_profile
     from edge_search.errors import InputError
+    from edge_search.schema import validation_problem
 
     spec = load_budgets(args.budgets)
     if args.min_rounds is not None or args.max_rounds is not None:
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             measurement = spec.measurement.model_validate({**spec.measurement.model_dump(), **update})
         except ValidationError as err:
-            raise InputError(f"--min-rounds/--max-rounds: {err.errors()[0]['msg']}") from None
+            raise InputError(f"--min-rounds/--max-rounds: {validation_problem(err).message}") from None
         spec = spec.model_copy(update={"measurement": measurement})
     device_name = args.device or spec.device
     profile = get_profile(device_name, args.profiles)

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_search.devices.inputs import parse_shape_arg
     from edge_search.devices.profile import get_profile
     from edge_search.errors import InputError
+    from edge_search.schema import validation_problem
 
     if args.threads < 1 or args.inter_threads < 1:
         raise InputError("--threads and --inter-threads must be at least 1")
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                  providers=profile.execution_providers[:1] or ("CPUExecutionProvider",)),
             shapes=shapes, precision_target=args.precision_target, max_time_s=args.max_time)
     except ValidationError as err:
-        raise InputError(f"bad measurement request: {err.errors()[0]['msg']}") from None
+        raise InputError(f"bad measurement request: {validation_problem(err).message}") from None
     kwargs = {"seed": args.seed} if profile.latency.method == "local" else {}
     with create_device(profile, **kwargs) as device:
         stats = device.measure(request)

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_search.drivers import DRIVERS
-
-SAMPLERS = ("tpe", "random", "nsga2", "nsga3", "gp")  # checked against edge_search.study.make_sampler
+from edge_search.samplers import SAMPLERS
 
 
 def configure(p: argparse.ArgumentParser) -> None:

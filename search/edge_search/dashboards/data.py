@@ -20,14 +20,14 @@ import optuna
 from optuna.study import StudyDirection
 
 from edge_search.pareto import front_trials, is_feasible, objective_names
-from edge_search.tracking import RUN_ID_ATTR
+from edge_search.records import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
     from edge_search.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-REFERENCE_ATTR = "hypervolume_reference"
+REFERENCE_ATTR = StudyRecord.HYPERVOLUME_REFERENCE
 """Study user attr holding the hypervolume reference point (objective name -> value), fixed the
 first time the dashboards are logged so the hypervolume history stays comparable on resume."""
 MAX_PLOTTED_SAMPLES = 2000
@@ -175,12 +175,11 @@ def trial_points(study: optuna.Study) -> list[TrialPoint]:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if t.values is None:
             continue
+        record = TrialRecord.of(t)
         points.append(TrialPoint(
-            number=t.number, values=dict(zip(names, t.values, strict=True)),
-            params=dict(t.user_attrs.get("config_params", t.params)),
-            metrics={k: float(v) for k, v in (t.user_attrs.get("metrics") or {}).items()},
-            feasible=is_feasible(t), on_front=t.number in on_front,
-            latency_source=str(t.user_attrs.get("latency_source", "")), run_id=t.user_attrs.get(RUN_ID_ATTR)))
+            number=t.number, values=dict(zip(names, t.values, strict=True)), params=record.config_params,
+            metrics=record.metrics, feasible=is_feasible(t), on_front=t.number in on_front,
+            latency_source=str(record.latency_source or ""), run_id=record.run_id))
     return sorted(points, key=lambda p: p.number)
 
 
@@ -196,8 +195,8 @@ def study_data(study: optuna.Study, samples: SamplesLoader | None = None,
     for t in trials:
         if t.on_front:
             got = samples(t) if samples is not None else None
-            latency.append(got or summary_samples(t, str(study.user_attrs.get("device", ""))))
-    return StudyData(study_name=study.study_name, device=str(study.user_attrs.get("device", "")),
+            latency.append(got or summary_samples(t, str(StudyRecord.of(study).device)))
+    return StudyData(study_name=study.study_name, device=str(StudyRecord.of(study).device),
                      objectives=names, directions=dirs, trials=trials, hypervolume=history,
                      reference=ref, latency=latency)
 

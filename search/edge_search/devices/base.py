@@ -8,18 +8,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_search.devices.stats import LatencyStats
+from edge_search.schema import StrictModel
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 ExecutionMode = Literal["sequential", "parallel"]
 
 
-class SessionKnobs(BaseModel):
+class SessionKnobs(StrictModel):
     """ONNX Runtime session options a deployment runs with; every field is set explicitly."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     intra_op_threads: int = Field(1, ge=1)
     inter_op_threads: int = Field(1, ge=1)
@@ -32,10 +31,8 @@ class SessionKnobs(BaseModel):
         return self.model_dump_json()
 
 
-class MeasureRequest(BaseModel):
+class MeasureRequest(StrictModel):
     """What to measure: a model file, its session knobs, and input shapes (name -> shape)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model_path: Path
     session: SessionKnobs = SessionKnobs()

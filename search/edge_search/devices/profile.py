@@ -12,27 +12,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from edge_search.errors import InputError
+from edge_search.schema import StrictModel, format_validation_error
 
 PROFILE_SCHEMA_VERSION = 1
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Sourced(_Strict):
+class Sourced(StrictModel):
     """A number with where it came from."""
 
     value: float
     source: str = Field(min_length=1)
 
 
-class CpuSpec(_Strict):
+class CpuSpec(StrictModel):
     architecture: Literal["x86_64", "aarch64", "armv7"]
     core_type: str
     cores: int = Field(ge=1)
@@ -43,14 +40,14 @@ class CpuSpec(_Strict):
     fp16_arithmetic: bool = False
 
 
-class MemorySpec(_Strict):
+class MemorySpec(StrictModel):
     ram_mb: float = Field(gt=0)
     bandwidth_gb_s: float = Field(gt=0)
     reserve_mb: float = Field(256, ge=0)
     """Memory kept back for the OS and the application around the model."""
 
 
-class AcceleratorSpec(_Strict):
+class AcceleratorSpec(StrictModel):
     name: str
     kind: Literal["gpu", "npu", "dsp"]
     fp16_tflops: float | None = Field(None, gt=0)
@@ -62,18 +59,18 @@ class AcceleratorSpec(_Strict):
     """ONNX Runtime execution providers that run on the accelerator."""
 
 
-class PowerSpec(_Strict):
+class PowerSpec(StrictModel):
     idle_w: float = Field(ge=0)
     tdp_w: float = Field(gt=0)
     source: str = Field(min_length=1)
 
 
-class AgentAddress(_Strict):
+class AgentAddress(StrictModel):
     url: str
     token_file: str | None = None
 
 
-class LatencySpec(_Strict):
+class LatencySpec(StrictModel):
     """How latency is obtained for this profile."""
 
     method: Literal["local", "agent", "emulated"]
@@ -91,7 +88,7 @@ PARAM_KEY = re.compile(rf"^(gpu\.)?(overhead_ms|profile_overhead_us|rate\.({_PRE
 SCALING_KEY = re.compile(rf"^(gpu\.)?(({_PREC})(\.({_CLS}))?|{_CLS})$")
 
 
-class Calibration(_Strict):
+class Calibration(StrictModel):
     """Numbers that carry per-node host time to this device; every number has a source.
 
     `params` keys (checked when the profile is loaded):
@@ -189,7 +186,7 @@ class Calibration(_Strict):
         return points[lo] * (1 - w) + points[hi] * w
 
 
-class DeviceProfile(_Strict):
+class DeviceProfile(StrictModel):
     schema_version: int = PROFILE_SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str = ""
@@ -225,17 +222,6 @@ class DeviceProfile(_Strict):
         return self.accelerator.execution_providers if self.accelerator else ()
 
 
-def _format_validation(path: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; see device_profiles/host.yaml for the format)"
-    elif msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    return f"{path}: {loc}: {msg}"
-
-
 def parse_profile(data: Any, origin: str) -> DeviceProfile:
     """Validate profile data; errors name the file, the field and the reason."""
     if not isinstance(data, dict):
@@ -243,7 +229,8 @@ def parse_profile(data: Any, origin: str) -> DeviceProfile:
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as err:
-        raise InputError(_format_validation(origin, err)) from None
+        message = format_validation_error(origin, err, example="device_profiles/host.yaml for the format")
+        raise InputError(message) from None
 
 
 def load_profile_file(path: Path) -> DeviceProfile:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from edge_search.metrics import STATS_SUMMARY
+from edge_search.schema import StrictModel
 
 SCHEMA_VERSION = 1
 
@@ -21,10 +24,8 @@ LatencySource = Literal["measured", "emulated"]
 StopReason = Literal["precision", "time_cap", "max_samples", "predicted"]
 
 
-class HostInfo(BaseModel):
+class HostInfo(StrictModel):
     """Where a measurement ran: enough to refuse comparing results from different machines."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     hostname: str = ""
     cpu_model: str = ""
@@ -37,10 +38,8 @@ class HostInfo(BaseModel):
     """Share of CPU time stolen by the hypervisor during the run (Linux /proc/stat), if known."""
 
 
-class LatencyStats(BaseModel):
+class LatencyStats(StrictModel):
     """Latency of one model under one set of session knobs on one device, in milliseconds."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     source: LatencySource = "measured"
@@ -99,24 +98,15 @@ class LatencyStats(BaseModel):
                              f"(expected {SCHEMA_VERSION})")
         return cls.model_validate(data)
 
+    @property
+    def n_samples(self) -> float:
+        """Number of raw samples (as the float the metrics table logs)."""
+        return float(len(self.samples_ms))
+
     def summary(self) -> dict[str, float]:
-        """Flat numeric metrics, as logged to MLflow."""
-        return {
-            "latency_ms": self.median_ms,
-            "latency_p90_ms": self.p90_ms,
-            "latency_p95_ms": self.p95_ms,
-            "latency_p99_ms": self.p99_ms,
-            "latency_mean_ms": self.mean_ms,
-            "latency_stdev_ms": self.stdev_ms,
-            "latency_cv": self.cv,
-            "latency_ci_low_ms": self.ci_low_ms,
-            "latency_ci_high_ms": self.ci_high_ms,
-            "latency_samples": float(len(self.samples_ms)),
-            "session_load_ms": self.session_load_ms,
-            "first_run_ms": self.first_run_ms,
-            "peak_memory_mb": self.peak_memory_mb,
-            "throughput_per_s": self.throughput_per_s,
-        }
+        """Flat numeric metrics, as logged to MLflow: the statistics of the metrics table
+        (`edge_search.metrics.STATS_SUMMARY`), by metric name."""
+        return {m.name: float(getattr(self, str(m.stats_field))) for m in STATS_SUMMARY}
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float] | np.ndarray, *, device: str, confidence: float = 0.95,

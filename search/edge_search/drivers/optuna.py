@@ -14,6 +14,7 @@ from edge_search.drivers.base import DriverOptions
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
 from edge_search.pipeline import GatedOut, Pipeline, StoppedEarly
 from edge_search.progress import RunProgress
+from edge_search.records import TrialRecord
 from edge_search.space import suggest_config
 from edge_search.study import StudySession
 
@@ -42,12 +43,12 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
         pipeline.check(config)
         result = pipeline.evaluate(config)
     except StoppedEarly as err:
-        trial.set_user_attr("stopped", "early-stop")
-        trial.set_user_attr("val_curve", {str(k): v for k, v in err.curve.items()})
+        trial.set_user_attr(TrialRecord.STOPPED, "early-stop")
+        trial.set_user_attr(TrialRecord.VAL_CURVE, TrialRecord.curve_attr(err.curve))
         session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
         return TrialState.PRUNED, f"trial {trial.number} {err}"
     except GatedOut as err:
-        trial.set_user_attr("stopped", "latency-gate")
+        trial.set_user_attr(TrialRecord.STOPPED, "latency-gate")
         session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
         return TrialState.PRUNED, f"trial {trial.number} stopped by the {err}"
     except InvalidConfig as err:

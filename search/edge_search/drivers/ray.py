@@ -37,6 +37,7 @@ from edge_search.drivers.base import DriverOptions
 from edge_search.errors import MissingDependency
 from edge_search.pipeline import Pipeline
 from edge_search.progress import RunProgress
+from edge_search.records import TrialRecord
 from edge_search.study import StudySession
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,8 @@ def evaluate_in_worker(config: dict[str, Any], spec: WorkerSpec) -> dict[str, fl
     state, _line = run_trial(session, pipeline, trial, tell=False)
     names = session.space.objective_names
     if state == TrialState.COMPLETE:
-        metrics = session.study._storage.get_trial(trial._trial_id).user_attrs["metrics"]
-        report = {n: float(metrics[n]) for n in names}
+        metrics = TrialRecord.of(session.study._storage.get_trial(trial._trial_id)).metrics
+        report = {n: metrics[n] for n in names}
     else:
         report = dict.fromkeys(names, math.nan)  # already told PRUNED/FAIL by run_trial
     report["edge_search_state"] = float(state.value)

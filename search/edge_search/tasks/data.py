@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_search.errors import InputError
+from edge_search.schema import StrictModel
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp")
 LABELS_KEY = "labels"
 
 
-class Preprocess(BaseModel):
+class Preprocess(StrictModel):
     """How a folder of images becomes one model input (torchvision's ImageNet recipe by default)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     resolution: int = Field(224, ge=8)
     """Side of the centre crop fed to the model (overridden by the `input_resolution` knob)."""

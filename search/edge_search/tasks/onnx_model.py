@@ -30,11 +30,12 @@ from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from edge_search.config import DeployConfig
 from edge_search.devices.inputs import ORT_DTYPES, InputSpec, specs_from_onnx
 from edge_search.errors import InputError, InvalidConfig
+from edge_search.schema import StrictModel, validation_problem
 from edge_search.tasks.base import EpochCallback, ModelArtifact, Task
 from edge_search.tasks.data import EvalData, Preprocess, file_digest, load_data
 
@@ -47,10 +48,8 @@ FIDELITY_METRICS = ("fidelity_top1", "fidelity_cosine", "fidelity_max_abs_err")
 Metric = Literal["top1", "top5", "mae", "fidelity_top1", "fidelity_cosine", "fidelity_max_abs_err"]
 
 
-class OnnxTaskOptions(BaseModel):
+class OnnxTaskOptions(StrictModel):
     """The `options:` of an `onnx` task in a space."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: Path
     """The fp32 ONNX model (weights inline, not external data)."""
@@ -73,10 +72,8 @@ def parse_options(task: str, options: Mapping[str, Any], cls: type[BaseModel]) -
     try:
         return cls.model_validate(dict(options))
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(options)"
-        msg = first["msg"].removeprefix("Value error, ")
-        raise InputError(f"task {task}: option '{loc}': {msg}") from None
+        problem = validation_problem(err)
+        raise InputError(f"task {task}: option '{problem.where or '(options)'}': {problem.message}") from None
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError
+from edge_search.schema import StrictModel
 from edge_search.tasks.base import EpochCallback, ModelArtifact, Task
 from edge_search.tasks.data import LABELS_KEY
 from edge_search.tasks.onnx_model import Metric, OnnxModelTask, parse_options
@@ -44,10 +45,8 @@ EVAL_DATA = "eval.npz"
 """File name of the builder's evaluation data, stored next to `model.onnx` in the model cache."""
 
 
-class TorchTaskOptions(BaseModel):
+class TorchTaskOptions(StrictModel):
     """The `options:` of a `torch` task in a space."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     builder: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     """`module:function`, importable from the working directory or the installed packages."""

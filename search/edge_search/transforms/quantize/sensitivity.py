@@ -44,11 +44,13 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from edge_search.cache import ArtifactCache, content_key, file_sha256
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError
+from edge_search.metrics import METRICS
+from edge_search.schema import StrictModel
 from edge_search.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -71,10 +73,8 @@ SENSITIVITY_ID = f"{SENSITIVITY_VERSION}-{DEFAULT_METHOD}"
 """What `keep_fp32_top_k` deployables are ranked by (part of the pipeline's deploy cache key)."""
 
 
-class QuantSettings(BaseModel):
+class QuantSettings(StrictModel):
     """The int8-static knobs a ranking depends on (part of its cache key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(256, ge=1)
@@ -317,9 +317,7 @@ def _op_types(quantize_op_types: str) -> tuple[str, ...]:
 
 
 def _minimise(metric: str) -> bool:
-    from edge_search.space import METRICS
-
-    return METRICS.get(metric) == "minimize"
+    return METRICS[metric].direction == "minimize" if metric in METRICS else False
 
 
 def _rough_latency_ms(path: Path, feed: dict[str, np.ndarray] | None) -> float | None:
