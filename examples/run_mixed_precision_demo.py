@@ -120,7 +120,7 @@ def report(study_name: str, space: str, measure_s: float, rounds: int = 3) -> No
     from optuna.trial import TrialState
 
     from edge_search.pareto import pareto_points
-    from edge_search.transforms.quantize.sensitivity import fp32_nodes_of
+    from edge_search.transforms.quantize.ort import fp32_nodes_of
 
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{OUT}/edge-search.db")
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}

@@ -248,7 +248,7 @@ class StudySession:
                 **{f"cache_hit.{k}": str(v).lower() for k, v in result.cache_hits.items()}}
         if result.latency.extra.get("profile_version"):
             tags["profile_version"] = str(result.latency.extra["profile_version"])
-        from edge_search.transforms.quantize.sensitivity import fp32_node_tags
+        from edge_search.transforms.quantize.ort import fp32_node_tags
 
         tags.update(fp32_node_tags(result.deployable))  # int8: the nodes left in float32
         metrics = {**result.metrics, **{f"time_{k}_s": v for k, v in result.timings.items()}}

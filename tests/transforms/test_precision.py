@@ -19,7 +19,7 @@ from edge_search.transforms import (
     WeightOnlyQuantizeTransform,
     deploy_transforms,
 )
-from edge_search.transforms.quantize.int8 import nodes_kept_fp32
+from edge_search.transforms.quantize.ort import nodes_kept_fp32
 
 
 def matmul_model(path: Path, k: int = 64, n: int = 32) -> Path:

@@ -13,7 +13,8 @@ from edge_search.config import DeployConfig
 from edge_search.transforms.base import Transform
 from edge_search.transforms.precision import Fp16Transform
 from edge_search.transforms.prune import MagnitudePruneTransform
-from edge_search.transforms.quantize.int8 import QuantizeTransform, WeightOnlyQuantizeTransform
+from edge_search.transforms.quantize.int8 import QuantizeTransform
+from edge_search.transforms.quantize.weight_only import WeightOnlyQuantizeTransform
 
 __all__ = ["TRANSFORMS", "Fp16Transform", "MagnitudePruneTransform", "QuantizeTransform", "Transform",
            "WeightOnlyQuantizeTransform", "deploy_key_knobs", "deploy_transforms"]

@@ -14,8 +14,8 @@ from edge_search.config import DeployConfig
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask
 from edge_search.transforms import MagnitudePruneTransform, QuantizeTransform, deploy_transforms
-from edge_search.transforms import quantize as quantize_module
-from edge_search.transforms.quantize.int8 import TaskCalibrationReader
+from edge_search.transforms.quantize import ort as quantize_module
+from edge_search.transforms.quantize.ort import TaskCalibrationReader
 
 MAX_ACCURACY_DROP = 0.03
 

@@ -19,14 +19,8 @@ from edge_search.errors import InputError, InvalidConfig
 from edge_search.tasks.onnx_model import OnnxModelTask
 from edge_search.transforms import deploy_transforms
 from edge_search.transforms.quantize import sensitivity
-from edge_search.transforms.quantize.sensitivity import (
-    FP32_NODES_KEY,
-    Method,
-    QuantSettings,
-    analyse_sensitivity,
-    fp32_node_tags,
-    fp32_nodes_of,
-)
+from edge_search.transforms.quantize.ort import FP32_NODES_KEY, fp32_node_tags, fp32_nodes_of
+from edge_search.transforms.quantize.sensitivity import Method, QuantSettings, analyse_sensitivity
 from tests.tasks.test_onnx_task import conv_classifier, images
 
 SETTINGS = QuantSettings(calibration_size=16)

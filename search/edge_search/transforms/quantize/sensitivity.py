@@ -52,6 +52,7 @@ from edge_search.errors import InputError
 from edge_search.metrics import METRICS
 from edge_search.schema import StrictModel
 from edge_search.tasks.base import Task
+from edge_search.transforms.quantize.ort import OP_TYPES, name_nodes, preprocess, quantize_static_model
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,8 @@ SENSITIVITY_VERSION = 2
 """Bump when the method changes: it is part of the cache key."""
 QUANTISABLE_OPS = ("Conv", "MatMul", "Gemm")
 """Op types that are ranked (the weight-carrying ops int8 speeds up)."""
-FP32_NODES_KEY = "edge_search.fp32_nodes"
-"""metadata_props key of a deployable: JSON list of the node names left in float32."""
 LATENCY_RUNS = 15
 """Runs per variant for the rough in-process latency."""
-TAG_LIMIT = 5000
-"""MLflow tag values are capped; longer node lists are truncated with a count."""
 Method = Literal["quantise", "dequantise"]
 DEFAULT_METHOD: Method = "quantise"
 """`quantise`: each candidate alone int8, the rest fp32 (the damage it causes by itself);
@@ -225,8 +222,6 @@ def _read(folder: Path) -> SensitivityReport:
 
 def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, metric: str, method: Method,
                   key: str, time_variants: bool, eval_batch: int, progress: Callable[[str], None] | None) -> None:
-    from edge_search.transforms.quantize.int8 import QuantizeTransform, name_nodes, preprocess
-
     say = progress or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
     deploy = settings.deploy()
@@ -243,7 +238,7 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
         feed = next(iter(task.calibration_batches(1, 1)), None) if time_variants else None
 
         def variant(exclude: list[str], path: Path) -> tuple[dict[str, float], float | None]:
-            QuantizeTransform.quantize_static_model(src, path, deploy, task, exclude, calibration_cache=calib_file)
+            quantize_static_model(src, path, deploy, task, exclude, calibration_cache=calib_file)
             scores = task.evaluate(path, eval_batch)
             ms = _rough_latency_ms(path, feed) if feed is not None else None
             path.unlink()
@@ -310,8 +305,6 @@ def candidate_units(model: onnx.ModelProto, ops: tuple[str, ...]) -> list[tuple[
 
 
 def _op_types(quantize_op_types: str) -> tuple[str, ...]:
-    from edge_search.transforms.quantize.int8 import OP_TYPES
-
     chosen = OP_TYPES[quantize_op_types]
     return tuple(op for op in QUANTISABLE_OPS if chosen is None or op in chosen)
 
@@ -339,44 +332,6 @@ def _rough_latency_ms(path: Path, feed: dict[str, np.ndarray] | None) -> float |
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1000)
 
-
-# -- what a deployable kept in float32 ---------------------------------------------------------------
-
-def record_fp32_nodes(path: Path, nodes: list[str]) -> None:
-    """Write `nodes` into `path`'s metadata_props under `FP32_NODES_KEY` (in place)."""
-    model = onnx.load(str(path))
-    props = [p for p in model.metadata_props if p.key != FP32_NODES_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(props)
-    model.metadata_props.add(key=FP32_NODES_KEY, value=json.dumps(nodes))
-    onnx.save(model, str(path))
-
-
-def fp32_nodes_of(path: Path) -> list[str] | None:
-    """The node names a deployable records as kept in float32; None when it records nothing."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not an ONNX file (or unreadable): nothing recorded
-        return None
-    for p in model.metadata_props:
-        if p.key == FP32_NODES_KEY:
-            value = json.loads(p.value)
-            return [str(v) for v in value] if isinstance(value, list) else None
-    return None
-
-
-def fp32_node_tags(path: Path) -> dict[str, str]:
-    """MLflow tags for a deployable: `fp32_nodes` (comma-separated) and `fp32_node_count`; {} if none."""
-    nodes = fp32_nodes_of(path)
-    if nodes is None:
-        return {}
-    text = ",".join(nodes)
-    if len(text) > TAG_LIMIT:
-        text = text[:TAG_LIMIT - 40].rsplit(",", 1)[0] + f",... ({len(nodes)} in all)"
-    return {"fp32_nodes": text, "fp32_node_count": str(len(nodes))}
-
-
-# -- presentation -------------------------------------------------------------------------------------
 
 def format_table(report: SensitivityReport, rows: int | None = None) -> str:
     """The ranking as a fixed-width table (most sensitive first)."""
