@@ -4,9 +4,9 @@
 For each nominal slowdown (0 % = an identical copy of the model, then 2, 5, 10, 20 % of extra
 work sized by FLOPs, see scripts/make_reference_model.py) and each repetition, the candidate and
 the reference model are measured in ``--rounds`` interleaved rounds (A B, B A, ...), each in a
-fresh worker process, exactly as `edge_search.check.check_model` does, with the check's default
+fresh worker process, exactly as `edge_search.check.runner.check_model` does, with the check's default
 measurement settings. The rounds are recorded once, then the check's decision rule
-(`edge_search.check.budgets.decide_relative`, adaptive: decided after ``min_rounds``, more rounds only
+(`edge_search.check.decisions.decide_relative`, adaptive: decided after ``min_rounds``, more rounds only
 while a decision is a warning, up to ``--rounds``) is applied for a relative budget of +0 % and
 of +5 %. Because the decision after k rounds only depends on the first k rounds, this is the
 exact outcome a check with ``max_rounds = --rounds`` would have had.
@@ -41,7 +41,8 @@ BUDGETS = {"+0%": 0.0, "+5%": 0.05}
 def _adaptive(base: list[Any], cand: list[Any], allowed: float, min_rounds: int, max_rounds: int
               ) -> tuple[str, int]:
     """The check's rule on recorded rounds: (status, rounds used)."""
-    from edge_search.check.budgets import Budget, decide_relative
+    from edge_search.check.budgets import Budget
+    from edge_search.check.decisions import decide_relative
 
     budget = Budget("latency_ms", "relative", allowed, f"+{allowed:.0%}")
     k = min_rounds
@@ -63,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/check_sensitivity.json")
     args = parser.parse_args(argv)
 
-    from edge_search.check.budgets import MeasurementSpec, pooled
+    from edge_search.check.budgets import MeasurementSpec
+    from edge_search.check.statistics import compare, pooled
     from edge_search.devices import create_device
     from edge_search.devices.base import MeasureRequest
     from edge_search.devices.profile import get_profile
-    from edge_search.devices.stats import compare
 
     os.environ.setdefault("EDGE_SEARCH_LOCK_DIR", tempfile.mkdtemp(prefix="edge-search-bench-locks-"))
     build = runpy.run_path(str(ROOT / "scripts/make_reference_model.py"))["build_reference_model"]

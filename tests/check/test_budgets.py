@@ -9,22 +9,10 @@ from typing import Any
 
 import pytest
 
-from edge_search.check.budgets import (
-    Budget,
-    decide_absolute,
-    decide_exact,
-    decide_model,
-    decide_relative,
-    exit_code,
-    load_budgets,
-    log_t_interval,
-    paired_ratio_interval,
-    parse_budget,
-    pooled,
-    quantile_ci,
-    unpaired_ratio_interval,
-)
-from edge_search.devices.stats import HostInfo, LatencyStats, compare
+from edge_search.check.budgets import Budget, load_budgets, parse_budget
+from edge_search.check.decisions import decide_absolute, decide_exact, decide_model, decide_relative, exit_code
+from edge_search.check.statistics import compare, log_t_interval, paired_ratio_interval, pooled, unpaired_ratio_interval
+from edge_search.devices.stats import HostInfo, LatencyStats, quantile_ci
 from edge_search.errors import InputError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "check_rounds.json"

@@ -16,8 +16,9 @@ import math
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from edge_search.check.budgets import Decision, absolute_interval
+from edge_search.check.decisions import Decision
 from edge_search.check.runner import CheckResult, ModelResult
+from edge_search.check.statistics import absolute_interval
 from edge_search.metrics import MEASURED_BUDGET_METRICS, METRICS
 
 TREND_METRICS = ("latency_ms", "latency_p90_ms", "peak_memory_mb")

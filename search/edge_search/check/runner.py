@@ -5,10 +5,10 @@ baseline is a model of this job, the baseline once, each in a fresh worker proce
 device per measurement, so an emulator's cache does not hide host noise either). The order
 alternates, A B then B A (ABBA), so neither side always runs first and slow drift (a warming
 chassis, a neighbour ramping up) cancels within a pair. After ``min_rounds`` rounds the budgets are
-decided (`edge_search.check.budgets.decide_model`); while a latency or memory decision is still a
+decided (`edge_search.check.decisions.decide_model`); while a latency or memory decision is still a
 warning (its interval straddles the limit) more rounds are measured, up to ``max_rounds``.
 The rounds are not pooled into one interval: each round is one draw of the per-process effect,
-and the interval comes from the spread over rounds (see `edge_search.check.budgets`).
+and the interval comes from the spread over rounds (see `edge_search.check.statistics`).
 
 A stored baseline (``--baseline FILE``, written by ``--save-baseline``) holds every round's
 `LatencyStats` per model; it is compared unpaired, and a baseline from another CPU or ONNX
@@ -17,196 +17,22 @@ Runtime version can warn but never fail.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-import numpy as np
-from pydantic import Field, ValidationError
-
-from edge_search.check.budgets import (
-    MEASURED_METRICS,
-    Budget,
-    BudgetsFile,
-    Decision,
-    EvaluationSpec,
-    ModelSpec,
-    decide_model,
-    exit_code,
-)
+from edge_search.check.baseline import BaselineEntry, BaselineFile, comparable_hosts
+from edge_search.check.budgets import MEASURED_METRICS, Budget, BudgetsFile, ModelSpec
+from edge_search.check.decisions import Decision, decide_model, exit_code
+from edge_search.check.models import ResolvedModel, evaluate_accuracy, model_size_mb, resolve_model
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InputError
-from edge_search.schema import StrictModel, format_validation_error, validation_problem
-
-BASELINE_SCHEMA_VERSION = 1
-BASELINE_KIND: Literal["edge-search-check-baseline"] = "edge-search-check-baseline"
 
 DeviceFactory = Callable[[], Device]
 """Builds a fresh `Device` for one measurement (closed after it)."""
 Progress = Callable[[str], None]
-
-
-# --- models and bundles ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """An ONNX file to measure, with knobs and shapes a bundle's manifest supplies (if any)."""
-
-    onnx_path: Path
-    kind: Literal["onnx", "bundle"] = "onnx"
-    session: SessionKnobs | None = None
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-
-
-BUNDLE_MODEL = "model.onnx"
-BUNDLE_MANIFESTS = ("bundle.json", "manifest.json")
-"""Manifest names read in a bundle folder: `edge-search export` writes ``bundle.json``."""
-
-
-def _manifest_shapes(inputs: Any) -> dict[str, tuple[int, ...]]:
-    """Input name -> shape from a manifest's ``inputs``: a list of ``{name, shape}`` or a mapping."""
-    items: list[tuple[Any, Any]] = []
-    if isinstance(inputs, list):
-        items = [(i.get("name"), i.get("shape")) for i in inputs if isinstance(i, dict)]
-    elif isinstance(inputs, dict):
-        items = [(k, v.get("shape") if isinstance(v, dict) else v) for k, v in inputs.items()]
-    return {str(name): tuple(shape) for name, shape in items
-            if name and isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)}
-
-
-def resolve_model(path: Path) -> ResolvedModel:
-    """An ONNX file as it is; a bundle folder as its model plus the manifest's session knobs and shapes.
-
-    The manifest (``bundle.json`` as `edge-search export` writes it, or ``manifest.json``) gives
-    the model file (``model.file``, default ``model.onnx``), the session knobs (``session_options``
-    or ``session``: the `SessionKnobs` fields; others such as ``allow_spinning`` are ignored) and
-    the measured input shapes (``inputs``). Raises `InputError` for a folder without a model.
-    """
-    if not path.is_dir():
-        if not path.is_file():
-            raise InputError(f"{path}: no such model file or bundle")
-        return ResolvedModel(path)
-    session: SessionKnobs | None = None
-    shapes: dict[str, tuple[int, ...]] = {}
-    model_file = BUNDLE_MODEL
-    for name in BUNDLE_MANIFESTS:
-        mpath = path / name
-        if not mpath.is_file():
-            continue
-        try:
-            manifest = json.loads(mpath.read_text())
-        except ValueError as err:
-            raise InputError(f"{mpath}: not valid JSON: {err}") from None
-        if not isinstance(manifest, dict):
-            raise InputError(f"{mpath}: a bundle manifest must be a JSON object")
-        model = manifest.get("model")
-        if isinstance(model, dict) and isinstance(model.get("file"), str):
-            model_file = model["file"]
-        raw = manifest.get("session_options", manifest.get("session"))
-        if isinstance(raw, dict):
-            known = {k: v for k, v in raw.items() if k in SessionKnobs.model_fields}
-            try:
-                session = SessionKnobs.model_validate(known)
-            except ValidationError as err:
-                raise InputError(f"{mpath}: session options: {validation_problem(err).message}") from None
-        shapes = _manifest_shapes(manifest.get("inputs"))
-        break
-    onnx_path = path / model_file
-    if not onnx_path.is_file():
-        raise InputError(f"{path}: a bundle folder needs {model_file}")
-    return ResolvedModel(onnx_path, "bundle", session, shapes)
-
-
-def model_size_mb(path: Path) -> float:
-    """Size of the ONNX file in MB (10^6 bytes), as the search reports ``size_mb``."""
-    return path.stat().st_size / 1e6
-
-
-def evaluate_accuracy(onnx_path: Path, spec: EvaluationSpec) -> float:
-    """Top-1 accuracy of the model on a task's held-out split or on an .npz file (``x``, ``y``)."""
-    if spec.task is not None:
-        from edge_search.tasks import create_task
-
-        return float(create_task(spec.task).evaluate(onnx_path, spec.batch_size)["accuracy"])
-    assert spec.data is not None
-    import onnxruntime as ort
-
-    try:
-        with np.load(spec.data) as data:
-            x, y = np.asarray(data[spec.x_key]), np.asarray(data[spec.y_key])
-    except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"{spec.data}: cannot read keys '{spec.x_key}' and '{spec.y_key}': {err}") from None
-    if len(x) != len(y) or len(x) == 0:
-        raise InputError(f"{spec.data}: x and y must be non-empty and of the same length")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-    chunk = fixed or spec.batch_size
-    preds: list[np.ndarray] = []
-    for start in range(0, len(x), chunk):
-        xb = x[start:start + chunk].astype(np.float32)
-        n = len(xb)
-        if fixed and n < fixed:
-            xb = np.concatenate([xb, np.zeros((fixed - n, *xb.shape[1:]), dtype=xb.dtype)])
-        out = np.asarray(sess.run(None, {inp.name: np.ascontiguousarray(xb)})[0])
-        preds.append(out[:n].argmax(axis=1))
-    return float((np.concatenate(preds) == y).mean())
-
-
-# --- stored baselines --------------------------------------------------------------------------
-
-
-class BaselineEntry(StrictModel):
-    """One model's baseline: every measured round, its size and (if evaluated) its accuracy."""
-
-    model: str
-    rounds: tuple[LatencyStats, ...] = Field(min_length=2)
-    size_mb: float | None = None
-    accuracy: float | None = None
-
-
-class BaselineFile(StrictModel):
-    """``--save-baseline`` output, read back by ``--baseline``: per model name, its rounds."""
-
-    schema_version: int = BASELINE_SCHEMA_VERSION
-    kind: Literal["edge-search-check-baseline"] = BASELINE_KIND
-    device: str
-    created_at: float = 0.0
-    models: dict[str, BaselineEntry]
-
-
-def load_baseline(path: Path) -> BaselineFile:
-    """Read a baseline file; a missing, foreign or malformed file is an `InputError`."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such baseline file") from None
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable JSON baseline: {err}") from None
-    if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND:
-        raise InputError(f"{path}: not an edge-search check baseline (write one with --save-baseline)")
-    if data.get("schema_version") != BASELINE_SCHEMA_VERSION:
-        raise InputError(f"{path}: baseline schema_version {data.get('schema_version')} is not supported")
-    try:
-        return BaselineFile.model_validate(data)
-    except ValidationError as err:
-        raise InputError(format_validation_error(str(path), err)) from None
-
-
-def comparable_hosts(a: LatencyStats, b: LatencyStats) -> str | None:
-    """Why two measurements' hosts are not comparable (CPU model, ONNX Runtime), or None."""
-    for what, x, y in (("CPU", a.host.cpu_model, b.host.cpu_model),
-                       ("ONNX Runtime", a.host.ort_version, b.host.ort_version)):
-        if x and y and x != y:
-            return f"baseline {what} '{x}' differs from this run's '{y}'"
-    return None
 
 
 # --- results -----------------------------------------------------------------------------------

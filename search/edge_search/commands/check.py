@@ -43,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the budgets, check every model on the device, write the reports, return the exit code."""
     from pydantic import ValidationError
 
+    from edge_search.check.baseline import load_baseline
     from edge_search.check.budgets import load_budgets
     from edge_search.check.reports import benchmark_json, junit_xml, markdown_summary, text_report
-    from edge_search.check.runner import load_baseline, run_check, save_baseline
+    from edge_search.check.runner import run_check, save_baseline
     from edge_search.devices import create_device
     from edge_search.devices.base import Device
     from edge_search.devices.profile import get_profile

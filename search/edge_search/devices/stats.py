@@ -1,4 +1,5 @@
-"""`LatencyStats`, the immutable record of one latency measurement (or prediction), and comparisons.
+"""`LatencyStats`, the immutable record of one latency measurement (or prediction), and the sample
+statistics it is summarised with (comparing two measurements: `edge_search.check.statistics`).
 
 Every latency edge-search logs, checks or plots is a `LatencyStats`, never a bare float: the raw
 samples travel with the summary so that later steps (CI budgets, dashboards) can redo statistics.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -117,12 +117,12 @@ class LatencyStats(StrictModel):
                    **data)
 
 
-def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free confidence interval of the median from binomial order statistics.
+def quantile_ci(samples: Sequence[float] | np.ndarray, q: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval of the `q` quantile from binomial order statistics.
 
     Latency samples are skewed and heavy-tailed, so no normal approximation is used: the interval
-    is [x_(l), x_(u)] with l, u taken from Binomial(n, 1/2), as in Conover, *Practical
-    Nonparametric Statistics*. Falls back to the sample range when n is too small.
+    is [x_(l), x_(u)] with l, u taken from Binomial(n, q), as in Conover, *Practical Nonparametric
+    Statistics*. Falls back to the sample range when n is too small.
     """
     x = np.sort(np.asarray(samples, dtype=float))
     n = x.size
@@ -131,11 +131,14 @@ def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -
     alpha = 1.0 - confidence
     from scipy import stats as sps  # imported here: scipy.stats takes ~1 s to import
 
-    lo = int(sps.binom.ppf(alpha / 2.0, n, 0.5))
-    hi = int(sps.binom.isf(alpha / 2.0, n, 0.5))
-    lo = max(lo - 1, 0)  # ppf gives a count; order statistic index is zero-based
-    hi = min(hi, n - 1)
+    lo = max(int(sps.binom.ppf(alpha / 2.0, n, q)) - 1, 0)  # ppf gives a count; indices are zero-based
+    hi = min(int(sps.binom.isf(alpha / 2.0, n, q)), n - 1)
     return float(x[lo]), float(x[hi])
+
+
+def median_ci(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Confidence interval of the median (`quantile_ci` at 0.5): the worker's stopping rule."""
+    return quantile_ci(samples, 0.5, confidence)
 
 
 def summarize(samples_ms: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict[str, float]:
@@ -157,49 +160,3 @@ def summarize(samples_ms: Sequence[float] | np.ndarray, confidence: float = 0.95
         "ci_low_ms": lo,
         "ci_high_ms": hi,
     }
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """How `candidate` compares to `baseline`: ratio of medians (>1 means slower) with its CI."""
-
-    ratio: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    """Two-sided Mann-Whitney U p-value for 'the two sample sets come from one distribution'."""
-    p_value_slower: float
-    """One-sided Mann-Whitney U p-value for 'candidate is slower than baseline'."""
-    confidence: float
-
-    def slower_than(self, allowed_increase: float, alpha: float = 0.05) -> bool:
-        """True when the whole CI of the ratio lies above 1 + allowed_increase and the U test agrees."""
-        return self.ci_low > 1.0 + allowed_increase and self.p_value_slower < alpha
-
-
-def compare(baseline: LatencyStats, candidate: LatencyStats, confidence: float = 0.95,
-            n_resamples: int = 2000, seed: int = 0) -> Comparison:
-    """Ratio of medians (candidate / baseline) with a bootstrap CI and Mann-Whitney U tests.
-
-    Needs raw samples on both sides; emulated stats without samples are compared by their
-    intervals only (the ratio CI then spans the ratio of interval bounds).
-    """
-    a = np.asarray(baseline.samples_ms, dtype=float)
-    b = np.asarray(candidate.samples_ms, dtype=float)
-    if a.size < 2 or b.size < 2:
-        ratio = candidate.median_ms / baseline.median_ms
-        return Comparison(ratio, candidate.ci_low_ms / baseline.ci_high_ms,
-                          candidate.ci_high_ms / baseline.ci_low_ms, math.nan, math.nan, confidence)
-
-    def ratio_of_medians(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.median(y, axis=axis) / np.median(x, axis=axis)
-
-    from scipy import stats as sps
-
-    res = sps.bootstrap((a, b), ratio_of_medians, confidence_level=confidence, n_resamples=n_resamples,
-                        method="percentile", vectorized=True, rng=np.random.default_rng(seed))
-    two = sps.mannwhitneyu(b, a, alternative="two-sided")
-    greater = sps.mannwhitneyu(b, a, alternative="greater")
-    return Comparison(float(np.median(b) / np.median(a)), float(res.confidence_interval.low),
-                      float(res.confidence_interval.high), float(two.pvalue), float(greater.pvalue),
-                      confidence)
