@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from edge_search import __version__
-from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_SCHEMA, FRONT_FILE
+from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_KIND, BUNDLE_SCHEMA, FRONT_FILE, FRONT_KIND, MODEL_FILE
 from edge_search.cache import file_sha256
 from edge_search.errors import InputError
 from edge_search.pareto import front_trials, is_feasible, objective_names
@@ -150,9 +150,9 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
     names = objective_names(study)
     primary = "accuracy" if "accuracy" in metrics else next(iter(metrics), "accuracy")
     return {
-        "schema_version": BUNDLE_SCHEMA, "kind": "edge-search-bundle",
+        "schema_version": BUNDLE_SCHEMA, "kind": BUNDLE_KIND,
         "study": study.study_name, "trial": trial.number,
-        "model": {"file": "model.onnx", "sha256": file_sha256(model), "size_bytes": model.stat().st_size},
+        "model": {"file": MODEL_FILE, "sha256": file_sha256(model), "size_bytes": model.stat().st_size},
         "session_options": session,
         "inputs": _input_spec(model, batch), "batch_size": batch,
         "latency": latency,
@@ -176,7 +176,7 @@ def export_trial(study: optuna.Study, number: int, out: Path, tracker: Tracker |
     """Write the bundle of trial `number` into folder `out` (created; existing files replaced)."""
     trial = get_trial(study, number)
     out.mkdir(parents=True, exist_ok=True)
-    model = out / "model.onnx"
+    model = out / MODEL_FILE
     _model_file(trial, tracker, base_dir, model)
     stats_text = _mlflow_text(tracker, TrialRecord.of(trial).run_id, "latency_stats.json")
     stats = json.loads(stats_text) if stats_text else None
@@ -207,7 +207,7 @@ def export_front(study: optuna.Study, out: Path, tracker: Tracker | None = None,
                         "latency_ms": manifest["latency"]["median_ms"], "objectives": manifest["objectives"]})
         paths.append(folder)
     entries.sort(key=lambda e: (-(e["accuracy"] or 0.0), e["latency_ms"] or 0.0))
-    front = {"schema_version": BUNDLE_SCHEMA, "kind": "edge-search-front", "study": study.study_name,
+    front = {"schema_version": BUNDLE_SCHEMA, "kind": FRONT_KIND, "study": study.study_name,
              "device": StudyRecord.of(study).get(StudyRecord.DEVICE), "configurations": entries}
     (out / FRONT_FILE).write_text(json.dumps(front, indent=2) + "\n", encoding="utf-8")
     _copy_runtime(out)
@@ -218,37 +218,3 @@ def _copy_runtime(out: Path) -> None:
     from edge_search.bundle import runtime
 
     shutil.copyfile(Path(runtime.__file__), out / "runtime.py")
-
-
-def promote_trial(study: optuna.Study, number: int, tracker: Tracker, *, name: str, alias: str = "champion",
-                  budget: str | None = None, base_dir: Path = Path()) -> str:
-    """Log the trial's bundle to its MLflow run under `bundle/`, register it as a new version of
-    model `name`, point `alias` at it and tag it (device, budget, study, trial, latency, accuracy).
-    Returns the version number."""
-    import tempfile
-
-    trial = get_trial(study, number)
-    run_id = TrialRecord.of(trial).run_id
-    if not run_id:
-        raise InputError(f"trial {number} of study '{study.study_name}' has no MLflow run to register from")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = export_trial(study, number, Path(tmp) / "bundle", tracker, base_dir)
-        manifest = json.loads((folder / BUNDLE_FILE).read_text(encoding="utf-8"))
-        tracker.log_folder(run_id, folder, "bundle")
-    srecord = StudyRecord.of(study)
-    space = srecord.space
-    from edge_search.space import Constraint
-
-    constraints = "; ".join(str(Constraint.model_validate(c)) for c in space.get("constraints") or [])
-    lat = manifest["latency"]
-    tags = {"device": str(lat["device"] or srecord.device),
-            "budget": budget if budget is not None else constraints,
-            "study": study.study_name, "trial": str(number), "latency_ms": str(lat["median_ms"]),
-            "latency_source": str(lat["source"]), "accuracy": str(manifest["accuracy"]),
-            "space_hash": str(srecord.get(StudyRecord.SPACE_HASH, ""))}
-    version = tracker.register_version(name, run_id, "bundle", tags=tags,
-                                       description=f"trial {number} of study {study.study_name}", alias=alias,
-                                       model_tags={"edge_search.study": study.study_name},
-                                       model_description="Registered by edge-search promote")
-    tracker.set_tags(run_id, {"registered_model": f"{name}/{version}"})
-    return version

@@ -31,9 +31,20 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+# -- the bundle format: the one schema `edge-search export` writes and the runtime and
+# `edge-search check` read (kept here because this file must stand alone on a board) --------------
+
 BUNDLE_FILE = "bundle.json"
+"""The manifest of one bundle folder."""
 FRONT_FILE = "front.json"
+"""The list of configurations of a `--pareto` bundle folder."""
 BUNDLE_SCHEMA = 1
+BUNDLE_KIND = "edge-search-bundle"
+FRONT_KIND = "edge-search-front"
+MODEL_FILE = "model.onnx"
+"""The model's file in a bundle folder, unless the manifest's ``model.file`` names another."""
+MANIFEST_FILES = (BUNDLE_FILE, "manifest.json")
+"""Manifest names a bundle folder is read by, in order (``manifest.json``: bundles made by hand)."""
 
 _ORT_TYPES: dict[str, Any] = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -75,6 +86,53 @@ class Bundle:
         return feeds
 
 
+def read_manifest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, content) of a bundle folder's manifest (the first of `MANIFEST_FILES` there), or None.
+
+    Raises `ValueError` when it is not valid JSON or not a JSON object.
+    """
+    for name in MANIFEST_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ValueError(f"{path}: not valid JSON: {err}") from None
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{path}: a bundle manifest must be a JSON object")
+        return path, manifest
+    return None
+
+
+def manifest_model_file(manifest: Mapping[str, Any]) -> str:
+    """The model's file name in the bundle folder (``model.file``, default `MODEL_FILE`)."""
+    model = manifest.get("model")
+    if isinstance(model, dict) and isinstance(model.get("file"), str):
+        return str(model["file"])
+    return MODEL_FILE
+
+
+def manifest_session_options(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ONNX Runtime session options the latency was measured with (``session_options``, or
+    ``session`` in a hand-made manifest); None when the manifest has none."""
+    raw = manifest.get("session_options", manifest.get("session"))
+    return dict(raw) if isinstance(raw, dict) else None
+
+
+def manifest_shapes(manifest: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Input name -> the concrete shape it was measured at, from ``inputs``: a list of ``{name, shape}``
+    (as export writes it) or a mapping; entries without a positive integer shape are left out."""
+    inputs = manifest.get("inputs")
+    items: list[tuple[Any, Any]] = []
+    if isinstance(inputs, list):
+        items = [(i.get("name"), i.get("shape")) for i in inputs if isinstance(i, dict)]
+    elif isinstance(inputs, dict):
+        items = [(k, v.get("shape") if isinstance(v, dict) else v) for k, v in inputs.items()]
+    return {str(name): tuple(shape) for name, shape in items
+            if name and isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)}
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read `bundle.json` from a bundle folder (written by `edge-search export`)."""
     folder = Path(path)
@@ -83,7 +141,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise ValueError(f"{folder}: bundle schema_version {manifest.get('schema_version')} is not "
                          f"supported (expected {BUNDLE_SCHEMA})")
     lat = manifest["latency"]
-    return Bundle(path=folder, trial=int(manifest["trial"]), model_path=folder / manifest["model"]["file"],
+    return Bundle(path=folder, trial=int(manifest["trial"]), model_path=folder / manifest_model_file(manifest),
                   session_options=dict(manifest["session_options"]), inputs=list(manifest["inputs"]),
                   batch_size=int(manifest.get("batch_size", 1)), latency_ms=float(lat["median_ms"]),
                   accuracy=float(manifest.get("accuracy", float("nan"))), latency_source=str(lat["source"]),

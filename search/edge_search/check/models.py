@@ -3,14 +3,20 @@ its manifest records; its size, and its accuracy on a task's split or an .npz fi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import ValidationError
 
+from edge_search.bundle.runtime import (
+    MODEL_FILE,
+    manifest_model_file,
+    manifest_session_options,
+    manifest_shapes,
+    read_manifest,
+)
 from edge_search.check.budgets import EvaluationSpec
 from edge_search.devices.base import SessionKnobs
 from edge_search.errors import InputError
@@ -27,26 +33,11 @@ class ResolvedModel:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-BUNDLE_MODEL = "model.onnx"
-BUNDLE_MANIFESTS = ("bundle.json", "manifest.json")
-"""Manifest names read in a bundle folder: `edge-search export` writes ``bundle.json``."""
-
-
-def _manifest_shapes(inputs: Any) -> dict[str, tuple[int, ...]]:
-    """Input name -> shape from a manifest's ``inputs``: a list of ``{name, shape}`` or a mapping."""
-    items: list[tuple[Any, Any]] = []
-    if isinstance(inputs, list):
-        items = [(i.get("name"), i.get("shape")) for i in inputs if isinstance(i, dict)]
-    elif isinstance(inputs, dict):
-        items = [(k, v.get("shape") if isinstance(v, dict) else v) for k, v in inputs.items()]
-    return {str(name): tuple(shape) for name, shape in items
-            if name and isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)}
-
-
 def resolve_model(path: Path) -> ResolvedModel:
     """An ONNX file as it is; a bundle folder as its model plus the manifest's session knobs and shapes.
 
-    The manifest (``bundle.json`` as `edge-search export` writes it, or ``manifest.json``) gives
+    The manifest (the bundle format of `edge_search.bundle.runtime`: ``bundle.json`` as
+    `edge-search export` writes it, or ``manifest.json``) gives
     the model file (``model.file``, default ``model.onnx``), the session knobs (``session_options``
     or ``session``: the `SessionKnobs` fields; others such as ``allow_spinning`` are ignored) and
     the measured input shapes (``inputs``). Raises `InputError` for a folder without a model.
@@ -57,29 +48,22 @@ def resolve_model(path: Path) -> ResolvedModel:
         return ResolvedModel(path)
     session: SessionKnobs | None = None
     shapes: dict[str, tuple[int, ...]] = {}
-    model_file = BUNDLE_MODEL
-    for name in BUNDLE_MANIFESTS:
-        mpath = path / name
-        if not mpath.is_file():
-            continue
-        try:
-            manifest = json.loads(mpath.read_text())
-        except ValueError as err:
-            raise InputError(f"{mpath}: not valid JSON: {err}") from None
-        if not isinstance(manifest, dict):
-            raise InputError(f"{mpath}: a bundle manifest must be a JSON object")
-        model = manifest.get("model")
-        if isinstance(model, dict) and isinstance(model.get("file"), str):
-            model_file = model["file"]
-        raw = manifest.get("session_options", manifest.get("session"))
-        if isinstance(raw, dict):
+    model_file = MODEL_FILE
+    try:
+        found = read_manifest(path)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if found is not None:
+        mpath, manifest = found
+        model_file = manifest_model_file(manifest)
+        raw = manifest_session_options(manifest)
+        if raw is not None:
             known = {k: v for k, v in raw.items() if k in SessionKnobs.model_fields}
             try:
                 session = SessionKnobs.model_validate(known)
             except ValidationError as err:
                 raise InputError(f"{mpath}: session options: {validation_problem(err).message}") from None
-        shapes = _manifest_shapes(manifest.get("inputs"))
-        break
+        shapes = manifest_shapes(manifest)
     onnx_path = path / model_file
     if not onnx_path.is_file():
         raise InputError(f"{path}: a bundle folder needs {model_file}")

@@ -20,7 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_search.bundle.export import promote_trial
+    from edge_search.bundle.promote import promote_trial
     from edge_search.commands.pareto import load_study
     from edge_search.tracking import Tracker
 
