@@ -83,7 +83,7 @@ class GraphGatePipeline(Pipeline):
     """The latency gate with the graph-only estimate in place of measuring the untrained network."""
 
     def _gate(self, params: dict[str, Any], deploy: DeployConfig) -> LatencyStats:
-        from edge_search.devices.emulated import estimate_graph
+        from edge_search.devices.emulation.carry import estimate_graph
 
         untrained = {**params, "epochs": 0}
         key, model, _ = self._train(untrained)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from edge_search.devices.base import MeasureRequest, NodeTiming, SessionKnobs
-from edge_search.devices.emulated import EmulatedDevice, estimate_graph
+from edge_search.devices.emulated import EmulatedDevice
+from edge_search.devices.emulation.carry import estimate_graph
 from edge_search.devices.emulation.opclass import graph_costs
 from edge_search.devices.profile import get_profile, parse_profile
 from edge_search.devices.stats import LatencyStats

@@ -57,7 +57,8 @@ def _shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 def run(args: argparse.Namespace) -> int:
     """Predict and print; exit 2 on bad input (unknown device, missing model, impossible knobs)."""
     from edge_search.devices.base import MeasureRequest, SessionKnobs
-    from edge_search.devices.emulated import EmulatedDevice, estimate_graph
+    from edge_search.devices.emulated import EmulatedDevice
+    from edge_search.devices.emulation.carry import estimate_graph
     from edge_search.devices.profile import get_profile
     from edge_search.errors import InputError
 

@@ -25,272 +25,32 @@ inter-op threads / parallel execution (modelled as sequential), threads beyond t
 (refused with `InputError`), fp16 on a CPU without fp16 arithmetic (carried with the fp32 rates).
 Tail percentiles are not predicted: p90/p95/p99 equal the predicted median, and a warning says so.
 
-`estimate_graph` is the cheap screen: the same carry from graph FLOPs/bytes, nothing executed.
+The carry and its `LatencyStats` are `edge_search.devices.emulation.carry`, which also holds
+`estimate_graph`, the cheap screen: the same carry from graph FLOPs/bytes, nothing executed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import platform
-import socket
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
-from edge_search.devices.emulation.opclass import class_group, classify_profiled, graph_costs, load_graph
+from edge_search.devices.emulation.carry import (
+    HostBreakdown,
+    breakdown_from_nodes,
+    carry,
+    check_knobs,
+    prediction_stats,
+    wants_gpu,
+)
 from edge_search.devices.profile import DeviceProfile, get_profile
-from edge_search.devices.stats import HostInfo, LatencyStats
+from edge_search.devices.stats import LatencyStats
 from edge_search.devices.worker.probes import cpu_model
 from edge_search.errors import InputError
 
-if TYPE_CHECKING:
-    from edge_search.devices.base import NodeTiming
-
 log = logging.getLogger(__name__)
-
-#: Relative half-width used when a profile has no calibrated error band (said in a warning).
-DEFAULT_ERROR_BAND = 0.5
-TAIL_WARNING = "emulated: p90/p95/p99 equal the predicted median; tail latency is not predicted"
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
-
-@dataclass(frozen=True)
-class ClassTime:
-    """Host single-thread time and graph work of all nodes of one (precision, class)."""
-
-    precision: str
-    op_class: str
-    host_ms: float
-    work: float
-    nodes: int
-
-
-@dataclass(frozen=True)
-class HostBreakdown:
-    """A model's single-thread host profile, summed per (precision, class)."""
-
-    classes: tuple[ClassTime, ...]
-    peak_memory_mb: float | None = None
-    unmatched_nodes: int = 0
-
-    @property
-    def host_ms(self) -> float:
-        """Sum of the profiled node times (ms per inference)."""
-        return sum(c.host_ms for c in self.classes)
-
-
-def breakdown_from_nodes(
-    model_path: Path,
-    nodes: Iterable[NodeTiming],
-    runs: int,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-    peak_memory_mb: float | None = None,
-) -> HostBreakdown:
-    """Sum `NodeTiming`s (``name, op_type, mean_us, count``) per (precision, class)."""
-    g = load_graph(model_path, shapes)
-    acc: dict[tuple[str, str], list[float]] = {}
-    unmatched = 0
-    for n in nodes:
-        op_class, prec, work = classify_profiled(g, n.name, n.op_type)
-        unmatched += work == 0.0 and op_class != "other"
-        slot = acc.setdefault((prec, op_class), [0.0, 0.0, 0.0])
-        slot[0] += n.mean_us * n.count / runs / 1000.0
-        slot[1] += work
-        slot[2] += 1
-    classes = tuple(ClassTime(p, c, v[0], v[1], int(v[2])) for (p, c), v in sorted(acc.items()))
-    return HostBreakdown(classes, peak_memory_mb, unmatched)
-
-
-@dataclass
-class Carried:
-    """A prediction before it is wrapped in `LatencyStats`."""
-
-    median_ms: float
-    breakdown: dict[str, dict[str, float]]
-    overhead_ms: float
-    warnings: list[str] = field(default_factory=list)
-
-
-def net_host_ms(ct: ClassTime, host: DeviceProfile | Any) -> float:
-    """A class's profiled host time less the profiler's own per-node cost (never below 30 %)."""
-    cal = host.calibration if isinstance(host, DeviceProfile) else host
-    per_node = cal.params.get("profile_overhead_us")
-    if per_node is None:
-        return ct.host_ms
-    return max(ct.host_ms - ct.nodes * per_node.value / 1000.0, 0.3 * ct.host_ms)
-
-
-def _host_rate(host: DeviceProfile, ct: ClassTime) -> float | None:
-    prec = ct.precision if ct.precision != "fp16" else "fp32"
-    rate = host.calibration.rate(prec, ct.op_class, class_group(ct.op_class))
-    if rate is None and ct.host_ms > 0 and ct.work > 0:
-        rate = ct.work / ct.host_ms / 1e6  # this model's own throughput (GFLOP/s or GB/s)
-    return rate
-
-
-def _target_precision(target: DeviceProfile, prec: str, gpu: bool, warnings: list[str]) -> str:
-    has = any(k.startswith(f"{'gpu.' if gpu else ''}rate.{prec}.") for k in target.calibration.params)
-    if has:
-        return prec
-    if prec == "fp16":
-        warnings.append(
-            f"{target.name}: no fp16 calibration on the {'GPU' if gpu else 'CPU'} path; "
-            "fp16 nodes carried with the fp32 rates"
-        )
-        return "fp32"
-    raise InputError(
-        f"device '{target.name}' has no {prec} calibration on its {'GPU' if gpu else 'CPU'} "
-        f"path (precisions: {', '.join(target.precisions)})"
-    )
-
-
-def carry(
-    breakdown: HostBreakdown, host: DeviceProfile, target: DeviceProfile, threads: int, gpu: bool = False
-) -> Carried:
-    """Carry a host single-thread breakdown to `target` at `threads` intra-op threads."""
-    cal = target.calibration
-    warnings: list[str] = []
-    total = 0.0
-    out: dict[str, dict[str, float]] = {}
-    for ct in breakdown.classes:
-        if ct.host_ms <= 0:
-            continue
-        prec = _target_precision(target, ct.precision, gpu, warnings)
-        group = class_group(ct.op_class)
-        r_target = cal.rate(prec, ct.op_class, group, gpu)
-        r_host = _host_rate(host, ct)
-        if r_target is None or r_host is None:
-            ratio = 1.0
-            warnings.append(f"{ct.precision}.{ct.op_class}: no calibrated rate; host time used as is")
-        else:
-            ratio = r_host / r_target
-        speedup = 1.0 if gpu else cal.speedup(threads, prec, ct.op_class)
-        t = net_host_ms(ct, host) * ratio / speedup
-        total += t
-        out[f"{ct.precision}.{ct.op_class}"] = {
-            "host_ms": ct.host_ms,
-            "target_ms": t,
-            "ratio": ratio,
-            "speedup": speedup,
-            "nodes": float(ct.nodes),
-        }
-    overhead = cal.overhead_ms(gpu)
-    return Carried(total + overhead, out, overhead, list(dict.fromkeys(warnings)))
-
-
-def _band(target: DeviceProfile, gpu: bool) -> tuple[float, str | None]:
-    cal = target.calibration
-    band = cal.error_band_gpu if gpu and cal.error_band_gpu is not None else cal.error_band
-    if band is None:
-        return DEFAULT_ERROR_BAND, (
-            f"{target.name}: no calibrated error band; interval is ±{DEFAULT_ERROR_BAND:.0%} by default"
-        )
-    return band.value, None
-
-
-def _host_info() -> HostInfo:
-    try:
-        import onnxruntime as ort
-
-        ort_version = ort.__version__
-    except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        ort_version = ""
-    return HostInfo(
-        hostname=socket.gethostname(),
-        cpu_model=cpu_model(),
-        platform=platform.platform(),
-        ort_version=ort_version,
-        python=platform.python_version(),
-    )
-
-
-def wants_gpu(target: DeviceProfile, knobs: SessionKnobs) -> bool:
-    """True when the session asks for an accelerator provider the target profile offers."""
-    return any(p in target.gpu_providers for p in knobs.providers)
-
-
-def _stats(
-    target: DeviceProfile,
-    carried: Carried,
-    knobs: SessionKnobs,
-    gpu: bool,
-    method: str,
-    peak_memory_mb: float | None,
-    extra_warnings: list[str],
-) -> LatencyStats:
-    band, band_warning = _band(target, gpu)
-    m = carried.median_ms
-    warnings = [*extra_warnings, *carried.warnings, TAIL_WARNING]
-    if band_warning:
-        warnings.append(band_warning)
-    fits = None if peak_memory_mb is None else peak_memory_mb <= target.usable_memory_mb
-    if fits is False:
-        warnings.append(
-            f"peak memory {peak_memory_mb:.0f} MB exceeds the {target.usable_memory_mb:.0f} MB "
-            f"usable on {target.name} (RAM {target.memory.ram_mb:.0f} MB less "
-            f"{target.memory.reserve_mb:.0f} MB reserve): infeasible"
-        )
-    cal = target.calibration
-    extra: dict[str, Any] = {
-        "method": method,
-        "profile": target.name,
-        "profile_version": target.version,
-        "path": "gpu" if gpu else "cpu",
-        "threads": 1 if gpu else knobs.intra_op_threads,
-        "breakdown": carried.breakdown,
-        "overhead_ms": carried.overhead_ms,
-        "error_band": band,
-        "calibration_source": cal.source,
-        "calibration_note": cal.runtime_note,
-        "fits_memory": fits,
-        "device_ram_mb": target.memory.ram_mb,
-        "usable_memory_mb": target.usable_memory_mb,
-    }
-    if target.power is not None:
-        extra["energy_mj_at_tdp"] = target.power.tdp_w * m
-    return LatencyStats(
-        source="emulated",
-        device=target.name,
-        median_ms=m,
-        p90_ms=m,
-        p95_ms=m,
-        p99_ms=m,
-        mean_ms=m,
-        stdev_ms=0.0,
-        cv=0.0,
-        ci_low_ms=m / (1.0 + band),
-        ci_high_ms=m * (1.0 + band),
-        stop_reason="predicted",
-        peak_memory_mb=peak_memory_mb or 0.0,
-        knobs=knobs.model_dump(mode="json"),
-        host=_host_info(),
-        warnings=tuple(dict.fromkeys(warnings)),
-        extra=extra,
-    )
-
-
-def check_knobs(target: DeviceProfile, knobs: SessionKnobs) -> list[str]:
-    """Refuse knobs the target cannot run; return warnings for knobs the emulator does not model."""
-    bad = [p for p in knobs.providers if p not in target.execution_providers]
-    if bad:
-        raise InputError(
-            f"execution provider(s) {', '.join(bad)} not offered by device '{target.name}' "
-            f"(it has {', '.join(target.execution_providers)})"
-        )
-    if knobs.intra_op_threads > target.cpu.cores:
-        raise InputError(
-            f"intra-op threads {knobs.intra_op_threads} exceed the {target.cpu.cores} cores "
-            f"of device '{target.name}'"
-        )
-    warnings = []
-    if knobs.inter_op_threads > 1 or knobs.execution_mode == "parallel":
-        warnings.append(
-            "emulated: inter-op threads / parallel execution are not modelled (predicted as sequential)"
-        )
-    return warnings
 
 
 class EmulatedDevice(Device):
@@ -387,66 +147,5 @@ class EmulatedDevice(Device):
         if bd.unmatched_nodes:
             warnings.append(f"{bd.unmatched_nodes} profiled node(s) could not be matched to the graph")
         carried = carry(bd, host, self.profile, request.session.intra_op_threads, gpu)
-        stats = _stats(self.profile, carried, request.session, gpu, "profile", bd.peak_memory_mb, warnings)
+        stats = prediction_stats(self.profile, carried, request.session, gpu, "profile", bd.peak_memory_mb, warnings)
         return stats.model_copy(update={"extra": {**stats.extra, "host_profiled_ms": bd.host_ms}})
-
-
-def estimate_graph(
-    model_path: Path,
-    profile: DeviceProfile,
-    knobs: SessionKnobs | None = None,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-) -> LatencyStats:
-    """Graph-only screen: per-class FLOPs/bytes divided by the target's calibrated rates.
-
-    Nothing is executed, so this is fast and blind to how well the runtime handles this graph;
-    the interval is twice the profile's error band to say so. ``extra["method"]`` is "graph".
-    """
-    path = Path(model_path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    knobs = knobs or SessionKnobs()
-    warnings = check_knobs(profile, knobs)
-    gpu = wants_gpu(profile, knobs)
-    cal = profile.calibration
-    total = 0.0
-    out: dict[str, dict[str, float]] = {}
-    acc: dict[tuple[str, str], float] = {}
-    for c in graph_costs(path, shapes):
-        acc[(c.precision, c.op_class)] = acc.get((c.precision, c.op_class), 0.0) + c.work
-    for (prec0, op_class), work in sorted(acc.items()):
-        prec = _target_precision(profile, prec0, gpu, warnings)
-        rate = cal.rate(prec, op_class, class_group(op_class), gpu)
-        if rate is None:
-            raise InputError(
-                f"device '{profile.name}' has no calibrated rate for {prec}.{op_class}; "
-                "a graph estimate needs one (run `edge-search calibrate`)"
-            )
-        speedup = 1.0 if gpu else cal.speedup(knobs.intra_op_threads, prec, op_class)
-        t = work / (rate * 1e6) / speedup
-        total += t
-        out[f"{prec0}.{op_class}"] = {"work": work, "target_ms": t, "speedup": speedup}
-    overhead = cal.overhead_ms(gpu)
-    carried = Carried(total + overhead, out, overhead, warnings)
-    stats = _stats(profile, carried, knobs, gpu, "graph", None, [])
-    band = 2.0 * stats.extra["error_band"]
-    m = stats.median_ms
-    return stats.model_copy(
-        update={
-            "ci_low_ms": m / (1 + band),
-            "ci_high_ms": m * (1 + band),
-            "extra": {**stats.extra, "error_band": band},
-        }
-    )
-
-
-__all__ = [
-    "ClassTime",
-    "EmulatedDevice",
-    "HostBreakdown",
-    "breakdown_from_nodes",
-    "carry",
-    "check_knobs",
-    "estimate_graph",
-    "wants_gpu",
-]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_search.devices.emulated import ClassTime, HostBreakdown
 from edge_search.devices.emulation import calibration as cal
+from edge_search.devices.emulation.carry import ClassTime, HostBreakdown
 from edge_search.devices.profile import Calibration, Sourced, get_profile, load_profile_file
 
 

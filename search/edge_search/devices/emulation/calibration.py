@@ -37,7 +37,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
-from edge_search.devices.emulated import ClassTime, HostBreakdown, breakdown_from_nodes, carry, net_host_ms
+from edge_search.devices.emulation.carry import ClassTime, HostBreakdown, breakdown_from_nodes, carry, net_host_ms
 from edge_search.devices.emulation.opclass import class_group
 from edge_search.devices.emulation.reference_suite import DEFAULT_CACHE, SuiteModel, export
 from edge_search.devices.profile import Calibration, DeviceProfile, Sourced
