@@ -21,21 +21,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 
 from edge_search.agent.server import AgentConfig, create_app, local_profile
-from edge_search.devices.base import MeasureRequest
-from edge_search.devices.local import LocalDevice
 from edge_search.devices.profile import get_profile
 from edge_search.devices.stats import LatencyStats
+from edge_search.testing import FunctionDevice
 from tests.agent.conftest import TOKEN, auth, sha
 
 EXAMPLES_PER_OPERATION_AND_MODE = 80
-
-
-class FastDevice(LocalDevice):
-    """`LocalDevice` whose measurement is a synthetic one (checks are the real ones)."""
-
-    def measure(self, request: MeasureRequest) -> LatencyStats:
-        self.check(request)
-        return LatencyStats.from_samples([1.0, 1.1, 0.9, 1.05], device=self.name)
 
 
 def test_fuzz_agent_api_finds_no_server_error(tmp_path: Path, tiny_model: Path,
@@ -44,7 +35,10 @@ def test_fuzz_agent_api_finds_no_server_error(tmp_path: Path, tiny_model: Path,
     profile = local_profile(get_profile("host"))
     config = AgentConfig(token=TOKEN, profile=profile, cache_dir=tmp_path / "models", max_model_bytes=32 * 1024,
                          max_measure_time_s=5.0, openapi=True)
-    app = create_app(config, device=FastDevice(profile))
+    # measurements are synthetic (the board's request checks are the real ones)
+    fast = FunctionDevice(lambda _: LatencyStats.from_samples([1.0, 1.1, 0.9, 1.05], device=profile.name),
+                          name=profile.name)
+    app = create_app(config, device=fast)
     data = tiny_model.read_bytes()
     digest = sha(data)
     with TestClient(app) as c:

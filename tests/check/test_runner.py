@@ -16,29 +16,27 @@ from edge_search.check.budgets import BudgetsFile, parse_budgets
 from edge_search.check.models import evaluate_accuracy, resolve_model
 from edge_search.check.runner import baseline_from, check_model, run_check, save_baseline
 from edge_search.devices.base import Device, MeasureRequest
-from edge_search.devices.stats import HostInfo, LatencyStats
+from edge_search.devices.stats import HostInfo, LatencySource, LatencyStats
 from edge_search.errors import InputError
+from edge_search.testing import FunctionDevice
 
 ROOT = Path(__file__).resolve().parents[2]
 build_reference_model = runpy.run_path(str(ROOT / "scripts/make_reference_model.py"))["build_reference_model"]
 
 
-class ScriptedDevice(Device):
-    """Returns latency from a per-file script (a list of medians, used in order); logs every call."""
+def scripted(script: dict[str, list[float]], log: list[str], source: LatencySource = "measured") -> FunctionDevice:
+    """A device whose latency comes from a per-file script (a list of medians, used in order); logs every call."""
 
-    name = "host"
-
-    def __init__(self, script: dict[str, list[float]], log: list[str], source: str = "measured") -> None:
-        self.script, self.log, self.source = script, log, source
-
-    def measure(self, request: MeasureRequest) -> LatencyStats:
+    def measure(request: MeasureRequest) -> LatencyStats:
         name = Path(request.model_path).name
-        self.log.append(name)
-        median = self.script[name].pop(0)
-        rng = np.random.default_rng(len(self.log))
+        log.append(name)
+        median = script[name].pop(0)
+        rng = np.random.default_rng(len(log))
         samples = median * (1 + 0.01 * rng.standard_normal(200))
         return LatencyStats.from_samples(samples, device="host", peak_memory_mb=20.0,
-                                         source=self.source, host=HostInfo(cpu_model="cpu-a"))
+                                         source=source, host=HostInfo(cpu_model="cpu-a"))
+
+    return FunctionDevice(measure, name="host", latency_source=source)
 
 
 def _spec(tmp_path: Path, budgets: dict[str, Any], **model: Any) -> BudgetsFile:
@@ -54,7 +52,7 @@ def test_rounds_alternate_abba_and_stop_when_decided(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"latency_ms": "+5%"}, baseline_model="a.onnx")
     log: list[str] = []
     script = {"a.onnx": [1.0] * 10, "b.onnx": [1.3] * 10}
-    res = check_model(spec, spec.models[0], lambda: ScriptedDevice(script, log))
+    res = check_model(spec, spec.models[0], lambda: scripted(script, log))
     assert log == ["a.onnx", "b.onnx", "b.onnx", "a.onnx"] * 2
     assert [d.status for d in res.decisions] == ["fail"]
     assert len(res.candidate_rounds) == len(res.baseline_rounds) == 4
@@ -64,7 +62,7 @@ def test_inconclusive_budget_measures_more_rounds_up_to_max(tmp_path: Path) -> N
     spec = _spec(tmp_path, {"latency_ms": "+5%"}, baseline_model="a.onnx")
     log: list[str] = []
     script = {"a.onnx": [1.0] * 10, "b.onnx": [1.02, 1.09, 1.0, 1.1, 1.03, 1.08, 1.0, 1.0]}
-    res = check_model(spec, spec.models[0], lambda: ScriptedDevice(script, log))
+    res = check_model(spec, spec.models[0], lambda: scripted(script, log))
     assert len(res.candidate_rounds) == 6  # max_rounds
     assert res.decisions[0].status == "warn"
 
@@ -72,7 +70,7 @@ def test_inconclusive_budget_measures_more_rounds_up_to_max(tmp_path: Path) -> N
 def test_no_baseline_skips_relative_and_measures_absolute(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"latency_ms": ["+5%", "<= 2"], "size_mb": 0.5})
     log: list[str] = []
-    res = check_model(spec, spec.models[0], lambda: ScriptedDevice({"b.onnx": [1.0] * 10}, log))
+    res = check_model(spec, spec.models[0], lambda: scripted({"b.onnx": [1.0] * 10}, log))
     assert [d.status for d in res.decisions] == ["skip", "pass", "pass"]
     assert log == ["b.onnx"] * 4
 
@@ -80,35 +78,35 @@ def test_no_baseline_skips_relative_and_measures_absolute(tmp_path: Path) -> Non
 def test_size_only_budgets_measure_nothing(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"size_mb": 0.0001})
     log: list[str] = []
-    res = check_model(spec, spec.models[0], lambda: ScriptedDevice({}, log))
+    res = check_model(spec, spec.models[0], lambda: scripted({}, log))
     assert log == [] and res.decisions[0].status == "fail"
 
 
 def test_stored_baseline_round_trip_and_checks(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"latency_ms": "+5%"})
     log: list[str] = []
-    first = run_check(spec, lambda: ScriptedDevice({"b.onnx": [1.0, 1.01, 0.99, 1.0]}, log),
+    first = run_check(spec, lambda: scripted({"b.onnx": [1.0, 1.01, 0.99, 1.0]}, log),
                       device_name="host")
     path = save_baseline(first, tmp_path / "baseline.json")
     stored = load_baseline(path)
     first_median = first.models[0].candidate_rounds[0].median_ms
     assert stored.models["b"].rounds[0].median_ms == pytest.approx(first_median)
-    slower = run_check(spec, lambda: ScriptedDevice({"b.onnx": [1.3, 1.31, 1.29, 1.3]}, log),
+    slower = run_check(spec, lambda: scripted({"b.onnx": [1.3, 1.31, 1.29, 1.3]}, log),
                        device_name="host", baseline=stored, baseline_origin=str(path))
     assert slower.exit_code == 1 and slower.models[0].baseline == f"stored: {path}"
     with pytest.raises(InputError, match="baseline was measured on device 'host'"):
-        run_check(spec, lambda: ScriptedDevice({}, log), device_name="raspberry-pi-4", baseline=stored)
+        run_check(spec, lambda: scripted({}, log), device_name="raspberry-pi-4", baseline=stored)
 
 
 def test_stored_baseline_from_another_cpu_warns(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"latency_ms": "+5%"})
     log: list[str] = []
-    first = run_check(spec, lambda: ScriptedDevice({"b.onnx": [1.0] * 4}, log), device_name="host")
+    first = run_check(spec, lambda: scripted({"b.onnx": [1.0] * 4}, log), device_name="host")
     other = baseline_from(first)
     entry = other.models["b"]
     rounds = tuple(s.model_copy(update={"host": HostInfo(cpu_model="cpu-b")}) for s in entry.rounds)
     other = other.model_copy(update={"models": {"b": entry.model_copy(update={"rounds": rounds})}})
-    res = run_check(spec, lambda: ScriptedDevice({"b.onnx": [1.5] * 4}, log), device_name="host",
+    res = run_check(spec, lambda: scripted({"b.onnx": [1.5] * 4}, log), device_name="host",
                     baseline=other)
     assert res.exit_code == 0
     assert res.models[0].decisions[0].status == "warn"

@@ -7,39 +7,31 @@ from typing import Any
 
 import pytest
 
-from edge_search.devices.base import MeasureRequest, NodeTiming, SessionKnobs
+from edge_search.devices.base import Device, MeasureRequest, NodeTiming, SessionKnobs
 from edge_search.devices.emulated import EmulatedDevice
 from edge_search.devices.emulation.carry import estimate_graph
 from edge_search.devices.emulation.opclass import graph_costs
 from edge_search.devices.profile import get_profile, parse_profile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InputError
+from edge_search.testing import FunctionDevice
+from edge_search.testing.contracts import DeviceContract
 from tests.devices.tiny_conv import tiny_conv
 
+NODE_US = {"conv1": 400.0, "dw": 100.0, "pw": 200.0, "gap": 20.0, "fc": 5.0}
+"""Host per-node times (µs) of `tiny_conv`'s nodes the fake host reports."""
 
-class FakeHost:
-    """Stands in for LocalDevice: fixed per-node times, records what it was asked."""
 
-    def __init__(self, peak_mb: float = 120.0) -> None:
-        self.profile = get_profile("host")
-        self.peak_mb = peak_mb
-        self.profiled: list[MeasureRequest] = []
+def fake_host(peak_mb: float = 120.0) -> FunctionDevice:
+    """Stands in for the host `LocalDevice`: fixed per-node times, a fixed peak memory; it records
+    what it was asked (`profiled`, `requests`)."""
 
-    def profile_nodes(self, request: MeasureRequest, runs: int = 20) -> list[NodeTiming]:
-        self.profiled.append(request)
-        times = {"conv1": 400.0, "dw": 100.0, "pw": 200.0, "gap": 20.0, "fc": 5.0}
-        return [
-            NodeTiming(
-                name=n,
-                op_type="Gemm" if n == "fc" else "Conv" if n != "gap" else "GlobalAveragePool",
-                mean_us=t,
-                count=runs,
-            )
-            for n, t in times.items()
-        ]
+    def nodes(request: MeasureRequest, runs: int) -> list[NodeTiming]:
+        return [NodeTiming(name=n, op_type="Gemm" if n == "fc" else "Conv" if n != "gap" else "GlobalAveragePool",
+                           mean_us=t, count=runs) for n, t in NODE_US.items()]
 
-    def measure(self, request: MeasureRequest) -> LatencyStats:
-        return LatencyStats.from_samples([1.0, 1.1, 1.2], device="host", peak_memory_mb=self.peak_mb)
+    return FunctionDevice(lambda r: LatencyStats.from_samples([1.0, 1.1, 1.2], device="host", peak_memory_mb=peak_mb),
+                          name="host", nodes=nodes, profile=get_profile("host"))
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +48,8 @@ def _req(
 
 
 def test_prediction_is_latency_stats_with_interval_and_breakdown(model: Path) -> None:
-    host = FakeHost()
-    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)  # type: ignore[arg-type]
+    host = fake_host()
+    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)
     s = dev.measure(_req(model))
     assert s.source == "emulated" and s.stop_reason == "predicted" and s.samples_ms == ()
     assert s.ci_low_ms < s.median_ms < s.ci_high_ms
@@ -75,8 +67,8 @@ def test_prediction_is_latency_stats_with_interval_and_breakdown(model: Path) ->
 def test_host_is_profiled_at_one_thread_and_target_threads_beyond_host_cores_are_emulated(
     model: Path,
 ) -> None:
-    host = FakeHost()
-    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)  # type: ignore[arg-type]
+    host = fake_host()
+    dev = EmulatedDevice(get_profile("raspberry-pi-4"), host=host)
     one = dev.measure(_req(model, 1))
     four = dev.measure(_req(model, 4))  # the host has 2 cores; the Pi 4 has 4
     assert all(r.session.intra_op_threads == 1 for r in host.profiled)
@@ -98,19 +90,19 @@ def test_memory_that_does_not_fit_is_flagged(model: Path) -> None:
         },
         "test",
     )
-    s = EmulatedDevice(small, host=FakeHost(peak_mb=100.0)).measure(_req(model))  # type: ignore[arg-type]
+    s = EmulatedDevice(small, host=fake_host(peak_mb=100.0)).measure(_req(model))
     assert s.extra["fits_memory"] is False and s.extra["device_ram_mb"] == 512
     assert any("infeasible" in w for w in s.warnings)
 
 
 def test_gpu_path_when_a_gpu_provider_is_asked(model: Path) -> None:
-    dev = EmulatedDevice(get_profile("jetson-nano"), host=FakeHost())  # type: ignore[arg-type]
+    dev = EmulatedDevice(get_profile("jetson-nano"), host=fake_host())
     gpu = dev.measure(_req(model, providers=("CUDAExecutionProvider",)))
     cpu = dev.measure(_req(model))
     assert gpu.extra["path"] == "gpu" and cpu.extra["path"] == "cpu"
     assert gpu.extra["error_band"] >= 0.5
     with pytest.raises(InputError, match="not offered"):
-        EmulatedDevice(get_profile("raspberry-pi-4"), host=FakeHost()).measure(  # type: ignore[arg-type]
+        EmulatedDevice(get_profile("raspberry-pi-4"), host=fake_host()).measure(
             _req(model, providers=("CUDAExecutionProvider",))
         )
 
@@ -139,3 +131,11 @@ def test_end_to_end_with_the_real_host(model: Path, tmp_path: Path, monkeypatch:
     s = EmulatedDevice(get_profile("raspberry-pi-5"), profile_runs=3).measure(_req(model, 4))
     assert s.source == "emulated" and s.median_ms > 0 and s.peak_memory_mb > 0
     assert s.extra["fits_memory"] is True and s.extra["host_profiled_ms"] > 0
+
+
+class TestEmulatedDeviceContract(DeviceContract):
+    """With the real host: the model is profiled in a pinned worker on this machine."""
+
+    @pytest.fixture()
+    def device(self) -> Device:
+        return EmulatedDevice(get_profile("raspberry-pi-4"), measure_memory=False)

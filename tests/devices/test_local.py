@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_search.devices import DEVICE_METHODS, create_device
-from edge_search.devices.base import MeasureRequest, NodeTiming, SessionKnobs
+from edge_search.devices.base import Device, MeasureRequest, NodeTiming, SessionKnobs
 from edge_search.devices.inputs import InputSpec, build_feeds, parse_shape_arg, specs_from_onnx
 from edge_search.devices.local import LocalDevice, allowed_cores, training_cores
 from edge_search.devices.profile import DeviceProfile, LatencySpec, get_profile
@@ -20,6 +20,7 @@ from edge_search.devices.stats import LatencyStats
 from edge_search.devices.worker.engine import parse_profile_trace, repeat_until_precise, warm_up
 from edge_search.devices.worker.probes import others_pct, read_cpu_times, steal_pct
 from edge_search.errors import EdgeSearchError, InputError
+from edge_search.testing.contracts import DeviceContract
 
 FAST = {"warmup_min_s": 0.05, "max_time_s": 2.0}
 
@@ -266,3 +267,9 @@ def test_steal_and_contention_from_cpu_times() -> None:
     assert others_pct(before, after, own_cpu_s=5.0) == 0.0
     assert steal_pct({}, after) is None and others_pct({}, after, 0.0) is None
     assert set(read_cpu_times([0])) <= {0}
+
+
+class TestLocalDeviceContract(DeviceContract):
+    @pytest.fixture()
+    def device(self) -> Device:
+        return LocalDevice(get_profile("host"))

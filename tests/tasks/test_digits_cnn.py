@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -12,8 +13,9 @@ import pytest
 from onnx import numpy_helper
 
 from edge_search.tasks import create_task
-from edge_search.tasks.base import ModelArtifact
+from edge_search.tasks.base import ModelArtifact, Task
 from edge_search.tasks.digits_cnn import DigitsCnnTask, channels_for, load_splits
+from edge_search.testing.contracts import TaskContract
 
 SHORT = {"epochs": 3}
 
@@ -189,3 +191,13 @@ def test_prune_is_deterministic(task: DigitsCnnTask, trained: ModelArtifact, tmp
     a = task.prune(trained, workdir=tmp_path / "a", **kw)  # type: ignore[arg-type]
     b = task.prune(trained, workdir=tmp_path / "b", **kw)  # type: ignore[arg-type]
     assert a.onnx_path.read_bytes() == b.onnx_path.read_bytes()
+
+
+class TestDigitsCnnContract(TaskContract):
+    @pytest.fixture()
+    def task(self) -> Task:
+        return DigitsCnnTask()
+
+    @pytest.fixture()
+    def train_params(self) -> dict[str, Any]:
+        return {"epochs": 1, "width": 0.5, "depth": 1}

@@ -18,6 +18,7 @@ from edge_search.tasks import create_task
 from edge_search.tasks.base import ModelArtifact, Task
 from edge_search.tasks.data import load_data, resize_array
 from edge_search.tasks.onnx_model import OnnxModelTask
+from edge_search.testing.contracts import TaskContract
 from edge_search.transforms import deploy_transforms
 from tests.conftest import FAST_MEASURE
 
@@ -176,3 +177,10 @@ objectives: [fidelity_top1, latency_ms, throughput_per_s]
     assert main(["run", "--space", "s.yaml", "--trials", "1", "--study", "other"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "do not match the model's inputs" in err[0]
+
+
+class TestOnnxTaskContract(TaskContract):
+    @pytest.fixture()
+    def task(self, model_and_data: tuple[Path, Path]) -> Task:
+        model, data = model_and_data
+        return OnnxModelTask(model=model, data=data)

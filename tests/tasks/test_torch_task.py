@@ -14,7 +14,9 @@ from edge_search.cli import main
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError
 from edge_search.tasks import create_task
+from edge_search.tasks.base import Task
 from edge_search.tasks.torch_task import EVAL_DATA
+from edge_search.testing.contracts import TaskContract
 from tests.conftest import FAST_MEASURE
 
 pytest.importorskip("torch")
@@ -118,3 +120,9 @@ objectives: [fidelity_top1, latency_ms]
     err = capsys.readouterr().err.strip().splitlines()
     assert "returned Linear" in err[-1] and len([ln for ln in err if "error" in ln]) == 1
     assert np.isfinite(study.get_trials(states=(TrialState.COMPLETE,))[0].values[1])
+
+
+class TestTorchTaskContract(TaskContract):
+    @pytest.fixture()
+    def task(self, builder: str) -> Task:
+        return create_task("torch", {"builder": f"{builder}:build"})

@@ -13,12 +13,15 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_search.config import DeployConfig, check_deploy
 from edge_search.errors import InvalidConfig
 from edge_search.tasks.base import Task
+from edge_search.tasks.onnx_model import OnnxModelTask
+from edge_search.testing.contracts import TransformContract
 from edge_search.transforms import (
     Fp16Transform,
     QuantizeTransform,
     WeightOnlyQuantizeTransform,
     deploy_transforms,
 )
+from edge_search.transforms.base import Transform
 from edge_search.transforms.quantize.ort import nodes_kept_fp32
 
 
@@ -112,3 +115,36 @@ def test_quantize_op_types_and_keep_first_last(tmp_path: Path) -> None:
     QuantizeTransform().apply(src, tmp_path / "q.onnx", deploy, Feeds())
     nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
     assert {"mm1", "mm2"} <= {n.name for n in nodes if n.op_type == "MatMul"}  # both kept in fp32
+
+
+class _MatMulModel(TransformContract):
+    """fp16 and weight-only quantisation are for transformer-style MatMuls (ORT's CPU kernels)."""
+
+    @pytest.fixture()
+    def contract_model(self, tmp_path: Path) -> Path:
+        return matmul_model(tmp_path / "contract.onnx")
+
+    @pytest.fixture()
+    def contract_task(self, contract_model: Path, tmp_path: Path) -> Task:
+        np.savez(tmp_path / "contract.npz", x=np.random.default_rng(2).standard_normal((8, 8, 64)).astype(np.float32))
+        return OnnxModelTask(model=contract_model, data=tmp_path / "contract.npz")
+
+
+class TestFp16Contract(_MatMulModel):
+    @pytest.fixture()
+    def transform(self) -> Transform:
+        return Fp16Transform()
+
+    @pytest.fixture()
+    def contract_deploy(self) -> DeployConfig:
+        return DeployConfig(precision="fp16")
+
+
+class TestWeightOnlyContract(_MatMulModel):
+    @pytest.fixture()
+    def transform(self) -> Transform:
+        return WeightOnlyQuantizeTransform()
+
+    @pytest.fixture()
+    def contract_deploy(self) -> DeployConfig:
+        return DeployConfig(precision="int4-weight")

@@ -14,7 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_search.config import DeployConfig
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask
+from edge_search.testing.contracts import TransformContract
 from edge_search.transforms import MagnitudePruneTransform, QuantizeTransform
+from edge_search.transforms.base import Transform
 from edge_search.transforms.prune import METADATA_KEY, magnitude_prune_array, weight_initializers
 
 
@@ -95,3 +97,13 @@ def test_matmul_weights_are_pruned(task: DigitsCnnTask, tmp_path: Path) -> None:
     sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
     x = np.ones((2, 4), dtype=np.float32)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ after["w"] + b, rtol=1e-6)
+
+
+class TestMagnitudePruneContract(TransformContract):
+    @pytest.fixture()
+    def transform(self) -> Transform:
+        return MagnitudePruneTransform()
+
+    @pytest.fixture()
+    def contract_deploy(self) -> DeployConfig:
+        return DeployConfig(sparsity=0.5)

@@ -42,7 +42,7 @@ from edge_search.agent.protocol import (
     RemoteMeasureRequest,
 )
 from edge_search.agent.security import ModelRejected, check_model, tokens_match
-from edge_search.devices.base import MeasureRequest
+from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.lease import LeaseTimeout
 from edge_search.devices.local import LocalDevice
 from edge_search.devices.profile import DeviceProfile, LatencySpec
@@ -144,11 +144,18 @@ class ModelStore:
 
 
 class AgentState:
-    """Counters and the board's queue, shared by the endpoints."""
+    """Counters and the board's queue, shared by the endpoints.
 
-    def __init__(self, config: AgentConfig, device: LocalDevice) -> None:
+    `board` is the board as a `LocalDevice`: its cores, the checks a request must pass before it
+    queues, and (unless `device` replaces it, in tests) the measurements.
+    """
+
+    def __init__(self, config: AgentConfig, device: Device | None = None) -> None:
         self.config = config
-        self.device = device
+        self.board = LocalDevice(config.profile, warmup_max_s=config.warmup_max_s,
+                                 min_measure_s=config.min_measure_s, nice=config.nice,
+                                 lease_timeout_s=config.max_measure_time_s * 2 + 60)
+        self.device: Device = device if device is not None else self.board
         self.store = ModelStore(config.cache_dir, config.max_cache_bytes)
         self.queue: SlotQueue[str] = SlotQueue(["board"])
         self.started = time.time()
@@ -162,7 +169,7 @@ class AgentState:
         from edge_search import __version__
 
         busy = self.queue.busy
-        return AgentHealth(version=__version__, device=self.device.name, cores=self.device.cores,
+        return AgentHealth(version=__version__, device=self.device.name, cores=self.board.cores,
                            busy=bool(busy), queue_length=len(busy) + self.queue.waiting,
                            measurements=self.measurements, uploads=self.uploads,
                            cached_models=self.store.count(), max_model_bytes=self.config.max_model_bytes,
@@ -230,12 +237,10 @@ _bearer = HTTPBearer(auto_error=False, description="the agent's token (edge-sear
 _ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody, "description": "missing or wrong token"}}
 
 
-def create_app(config: AgentConfig, device: LocalDevice | None = None) -> FastAPI:
-    """The agent's FastAPI app for `config` (`device` defaults to a `LocalDevice` of its profile)."""
-    dev = device if device is not None else LocalDevice(
-        config.profile, warmup_max_s=config.warmup_max_s, min_measure_s=config.min_measure_s,
-        nice=config.nice, lease_timeout_s=config.max_measure_time_s * 2 + 60)
-    state = AgentState(config, dev)
+def create_app(config: AgentConfig, device: Device | None = None) -> FastAPI:
+    """The agent's FastAPI app for `config`; `device` measures instead of a `LocalDevice` of the
+    board's profile (tests: `edge_search.testing.FunctionDevice`), after the board's own checks."""
+    state = AgentState(config, device)
     app = FastAPI(title="edge-search agent", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json" if config.openapi else None)
     app.state.agent = state
@@ -354,7 +359,7 @@ def _measure(state: AgentState, body: RemoteMeasureRequest) -> MeasureResponse:
     fields = body.model_dump(exclude={"model_sha256", "queue_timeout_s"})
     request = MeasureRequest(model_path=path, **fields)
     try:
-        state.device.check(request)
+        state.board.check(request)
     except InputError as err:
         raise HTTPException(422, str(err)) from None
     t0 = time.monotonic()

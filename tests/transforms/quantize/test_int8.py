@@ -13,7 +13,9 @@ import pytest
 from edge_search.config import DeployConfig
 from edge_search.tasks.base import ModelArtifact
 from edge_search.tasks.digits_cnn import DigitsCnnTask
+from edge_search.testing.contracts import TransformContract
 from edge_search.transforms import MagnitudePruneTransform, QuantizeTransform, deploy_transforms
+from edge_search.transforms.base import Transform
 from edge_search.transforms.quantize import ort as quantize_module
 from edge_search.transforms.quantize.ort import TaskCalibrationReader
 
@@ -127,3 +129,19 @@ def test_deploy_transforms_order_and_prune_path() -> None:
     assert [type(t) for t in deploy_transforms(DeployConfig(precision="int8-static", sparsity=0.5),
                                                task_prunes=True)] == [QuantizeTransform]
     assert deploy_transforms(DeployConfig()) == []
+
+
+class TestQuantizeStaticContract(TransformContract):
+    @pytest.fixture()
+    def transform(self) -> Transform:
+        return QuantizeTransform()
+
+    @pytest.fixture()
+    def contract_deploy(self) -> DeployConfig:
+        return DeployConfig(precision="int8-static", calibration_size=8, per_channel=True)
+
+
+class TestQuantizeDynamicContract(TestQuantizeStaticContract):
+    @pytest.fixture()
+    def contract_deploy(self) -> DeployConfig:
+        return DeployConfig(precision="int8-dynamic")
