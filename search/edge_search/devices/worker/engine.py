@@ -181,6 +181,7 @@ def _throttle_warning(before: dict[str, dict[int, int]], after: dict[str, dict[i
 def measure(wr: WorkerRequest) -> LatencyStats:
     """Measure one model in this (already pinned) process; see the module docstring."""
     import onnxruntime as ort
+    import scipy.stats  # noqa: F401  # the stopping rule's CI needs it: import it before any clock starts
 
     req = wr.request
     cores = sorted(os.sched_getaffinity(0))
