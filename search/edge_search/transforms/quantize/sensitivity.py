@@ -52,11 +52,12 @@ from edge_search.errors import InputError
 from edge_search.metrics import METRICS
 from edge_search.schema import StrictModel
 from edge_search.tasks.base import Task
-from edge_search.transforms.quantize.ort import OP_TYPES, name_nodes, preprocess, quantize_static_model
+from edge_search.transforms.quantize.ort import OP_TYPES
+from edge_search.transforms.quantize.static import prepare_static, quantize_prepared
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 2
+SENSITIVITY_VERSION = 3
 """Bump when the method changes: it is part of the cache key."""
 QUANTISABLE_OPS = ("Conv", "MatMul", "Gemm")
 """Op types that are ranked (the weight-carrying ops int8 speeds up)."""
@@ -75,10 +76,17 @@ class QuantSettings(StrictModel):
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(256, ge=1)
-    per_channel: bool = False
+    calibration_percentile: float = Field(99.999, ge=99.0, lt=100.0)
+    per_channel: bool = True
     reduce_range: bool = False
     quant_format: Literal["qdq", "qoperator"] = "qdq"
     quantize_op_types: Literal["all", "conv", "matmul"] = "all"
+    activation_symmetric: bool = False
+    bias_correction: bool = True
+    cross_layer_equalization: bool = False
+    smooth_quant: bool = False
+    smooth_quant_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    quantize_matmul_outputs: bool = False
 
     @classmethod
     def from_deploy(cls, deploy: DeployConfig) -> QuantSettings:
@@ -225,20 +233,18 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
     say = progress or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
     deploy = settings.deploy()
-    calib_file = out / "calibration.json"
     with tempfile.TemporaryDirectory(prefix="edge-search-sens-") as tmp_s:
         tmp = Path(tmp_s)
-        named = name_nodes(preprocess(model, tmp / "pre.onnx"))
+        prepared = prepare_static(model, tmp / "prepared", deploy, task)
+        named = onnx.load(str(prepared.path))
         ops = _op_types(settings.quantize_op_types)
         candidates = candidate_units(named, ops)
         if not candidates:
             raise InputError(f"{model}: no {'/'.join(ops)} node to quantise; nothing to rank")
-        src = tmp / "named.onnx"
-        onnx.save(named, str(src))
         feed = next(iter(task.calibration_batches(1, 1)), None) if time_variants else None
 
         def variant(exclude: list[str], path: Path) -> tuple[dict[str, float], float | None]:
-            quantize_static_model(src, path, deploy, task, exclude, calibration_cache=calib_file)
+            quantize_prepared(prepared, path, deploy, exclude)
             scores = task.evaluate(path, eval_batch)
             ms = _rough_latency_ms(path, feed) if feed is not None else None
             path.unlink()
