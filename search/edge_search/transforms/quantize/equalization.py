@@ -45,8 +45,8 @@ def equalize(model: onnx.ModelProto, iterations: int = 2) -> int:
     outputs = {o.name for o in model.graph.output}
     pairs: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
     for conv in model.graph.node:
-        if conv.op_type != "Conv" or conv.input[1] not in inits or _group(conv) != 1:
-            continue
+        if conv.op_type != "Conv" or conv.input[1] not in inits:
+            continue  # any Conv's output channels can be scaled; the reader's inputs need care (below)
         link = conv.output[0]
         nxt = consumers.get(link, [])
         if len(nxt) == 1 and nxt[0].op_type in HOMOGENEOUS and link not in outputs:

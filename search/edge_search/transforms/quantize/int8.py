@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 INT8_METHOD = 2
 """Version of the int8 method (part of the cache key): 2 = own calibration, float MatMul outputs,
 bias correction / CLE / SmoothQuant knobs (issue 14)."""
+INT8_KNOBS = ("calibration_percentile", "activation_symmetric", "bias_correction", "cross_layer_equalization",
+              "smooth_quant", "smooth_quant_alpha", "quantize_matmul_outputs")
+"""Knobs that change an int8 model (besides the older ones); in its cache key."""
 
 
 class QuantizeTransform(Transform):
@@ -67,14 +70,14 @@ class QuantizeTransform(Transform):
 
     def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
         """The int8 knobs, and `input_resolution` (calibration data is resized to it); the
-        mixed-precision knobs (and the ranking method's version, `sensitivity`) only when set, so
-        keys of models made without them stay as they were."""
+        mixed-precision knobs (and the ranking method's version, `sensitivity`) only when set. The
+        knobs of issue 14 (and the method's version, `int8_method`) only for int8 precisions, so the
+        keys of other models stay as they were."""
         knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
                                            "reduce_range", "quant_format", "keep_fp32", "quantize_op_types",
-                                           "input_resolution", "calibration_percentile", "activation_symmetric",
-                                           "bias_correction", "cross_layer_equalization", "smooth_quant",
-                                           "smooth_quant_alpha", "quantize_matmul_outputs"})
-        knobs["int8_method"] = INT8_METHOD
+                                           "input_resolution"})
+        if self.applies(deploy):
+            knobs.update(deploy.model_dump(include=set(INT8_KNOBS)), int8_method=INT8_METHOD)
         mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
         if mixed:
             knobs.update(mixed, sensitivity=SENSITIVITY_ID)
