@@ -106,7 +106,7 @@ class QuantizeTransform(Transform):
                 if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
                     exclude = self._sensitive_nodes(src, named, deploy, task)
                 quantize_prepared(prepared, dst, deploy, exclude)
-                exclude = sorted({*exclude, *prepared.exclude})
+                exclude = [*exclude, *(n for n in prepared.exclude if n not in exclude)]
                 log.info("int8-static: %s", ", ".join(prepared.steps) or "no float techniques")
         record_fp32_nodes(dst, exclude)
         log.info("quantised %s -> %s (%s) in %.2f s", src, dst, deploy.precision, time.perf_counter() - start)

@@ -1,8 +1,8 @@
 """Per-node int8 sensitivity: which Conv/MatMul/Gemm nodes cost the most fidelity when quantised.
 
-The fp32 model is pre-processed and its nodes named exactly as `QuantizeTransform` does, then
-calibrated **once** (ONNX Runtime's calibrator; the ranges go into ORT's calibration cache file, so
-no later quantisation recalibrates). A candidate is a Conv/MatMul/Gemm node together with the
+The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`:
+pre-processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
+calibration whose ranges every variant reuses), so the ranking is made on top of those techniques. A candidate is a Conv/MatMul/Gemm node together with the
 chain of nodes only it feeds (its activation, a residual Add, pooling; up to the next weight node
 or a branch): excluding the weight node alone would leave Q/DQ pairs on its activation and output,
 so it would not really run in float32. Each candidate is then scored with the task's own
@@ -38,7 +38,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,8 +130,6 @@ class SensitivityReport:
     fp32_latency_ms: float | None = None
     int8_latency_ms: float | None = None
     cache_key: str = ""
-    calibration_file: Path | None = field(default=None, compare=False)
-    """ORT calibration cache (tensor ranges) the ranking was made with, when it is still on disk."""
 
     @property
     def ranking(self) -> list[str]:
@@ -154,17 +152,16 @@ class SensitivityReport:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (the cached form and `--json`)."""
         d = asdict(self)
-        d.pop("calibration_file")
         d["nodes"] = [asdict(n) for n in self.nodes]
         d["schema_version"] = SENSITIVITY_VERSION
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], calibration_file: Path | None = None) -> SensitivityReport:
+    def from_json(cls, d: dict[str, Any]) -> SensitivityReport:
         """Inverse of `to_json`."""
         fields = {k: v for k, v in d.items() if k not in ("nodes", "schema_version")}
         nodes = tuple(NodeSensitivity(**{**n, "members": tuple(n.get("members", ()))}) for n in d["nodes"])
-        return cls(nodes=nodes, calibration_file=calibration_file, **fields)
+        return cls(nodes=nodes, **fields)
 
 
 def kept_nodes(deploy: DeployConfig, report: SensitivityReport) -> list[str]:
@@ -208,7 +205,7 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
     settings = settings or QuantSettings()
     key = sensitivity_key(model, task, settings, metric, resolution, method)
     memo = _MEMO.get(key)
-    if memo is not None and (memo.calibration_file is None or memo.calibration_file.exists()):
+    if memo is not None:
         return memo
     if cache is not None:
         folder, _ = cache.entry("sensitivity", key, lambda tmp: _analyse_into(
@@ -223,9 +220,8 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
 
 
 def _read(folder: Path) -> SensitivityReport:
-    calib = folder / "calibration.json"
     data = json.loads((folder / "report.json").read_text())
-    return SensitivityReport.from_json(data, calib if calib.exists() else None)
+    return SensitivityReport.from_json(data)
 
 
 def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, metric: str, method: Method,
