@@ -1,13 +1,14 @@
 """Per-node int8 sensitivity: which Conv/MatMul/Gemm nodes cost the most fidelity when quantised.
 
-The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`:
-pre-processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
-calibration whose ranges every variant reuses), so the ranking is made on top of those techniques.
-A candidate is a Conv/MatMul/Gemm node together with the chain of nodes only it feeds (its
-activation, a residual Add, pooling; up to the next weight node or a branch): excluding the weight node alone would leave Q/DQ pairs on its activation and output,
-so it would not really run in float32. Each candidate is then scored with the task's own
-`evaluate` (fidelity to the task's fp32 model, or the task metric where no fidelity is reported,
-e.g. `digits-cnn` accuracy), by one of two methods (ORT's `nodes_to_exclude` either way):
+The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`: pre-
+processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
+calibration whose ranges every variant reuses), so the ranking is made on top of those techniques. A
+candidate is a Conv/MatMul/Gemm node together with the chain of nodes only it feeds (its activation,
+a residual Add, pooling; up to the next weight node or a branch): excluding the weight node alone
+would leave Q/DQ pairs on its activation and output, so it would not really run in float32. Each
+candidate is then scored with the task's own `evaluate` (fidelity to the task's fp32 model, or the
+task metric where no fidelity is reported, e.g. `digits-cnn` accuracy), by one of two methods (ORT's
+`nodes_to_exclude` either way):
 
 - `quantise` (default): only this candidate int8, everything else fp32; its sensitivity is the
   metric it loses by itself (fp32 score - score);
