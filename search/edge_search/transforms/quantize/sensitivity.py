@@ -1,7 +1,7 @@
 """Per-node int8 sensitivity: which Conv/MatMul/Gemm nodes cost the most fidelity when quantised.
 
-The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`: pre-
-processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
+The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`:
+pre-processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
 calibration whose ranges every variant reuses), so the ranking is made on top of those techniques. A
 candidate is a Conv/MatMul/Gemm node together with the chain of nodes only it feeds (its activation,
 a residual Add, pooling; up to the next weight node or a branch): excluding the weight node alone
