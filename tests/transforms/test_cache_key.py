@@ -62,7 +62,8 @@ def test_every_knob_a_transform_keys_on_changes_the_key() -> None:
              "keep_fp32": "depthwise", "quantize_op_types": "matmul", "weight_only_block_size": 16,
              "input_resolution": 64, "calibration_percentile": 99.9, "activation_symmetric": True,
              "bias_correction": False, "cross_layer_equalization": True, "smooth_quant": True,
-             "smooth_quant_alpha": 0.8, "quantize_matmul_outputs": True, "transformer_fusion": "bert"}
+             "smooth_quant_alpha": 0.8, "quantize_matmul_outputs": True, "transformer_fusion": "bert",
+             "activation_type": "uint8"}
     for transform in TRANSFORMS:
         for knob in transform().key_knobs(base):
             if knob in other:

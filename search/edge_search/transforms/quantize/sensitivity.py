@@ -88,6 +88,7 @@ class QuantSettings(StrictModel):
     smooth_quant: bool = False
     smooth_quant_alpha: float = Field(0.5, ge=0.0, le=1.0)
     quantize_matmul_outputs: bool = False
+    activation_type: Literal["int8", "uint8"] = "int8"
 
     @classmethod
     def from_deploy(cls, deploy: DeployConfig) -> QuantSettings:
