@@ -13,11 +13,12 @@ networks (issue 14; measured on EfficientNet-Lite and all-MiniLM-L6-v2):
   finfo.min, which percentile cannot bin and min/max turns into useless ranges (MiniLM static int8:
   fidelity_top1 0.125);
 - the collectors stack the per-batch outputs, so a short last batch (samples not a multiple of
-  the batch) fails with "inhomogeneous shape";
+  the batch) fails with "inhomogeneous shape", and everything collected in one call stays in memory;
 - `quantize_static` cannot pass `num_bins`, and with the default 128 bins entropy (KL) has one
   candidate threshold, the full range: it is min/max under another name.
 
-So: batches are equal-sized; the inputs must be finite (a NaN in the data is the data's fault:
+So: batches are equal-sized and fed one per `collect_data` call (histograms and ranges merge
+across calls); the inputs must be finite (a NaN in the data is the data's fault:
 one-line `InputError`); a min/max pass finds the tensors whose values are not finite (or beyond
 `HUGE`, mask constants): they are left out of the histogram and the nodes that read or write them
 stay in float32; percentile is asymmetric (both tails cut) unless activations are symmetric;
@@ -43,8 +44,11 @@ from edge_search.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 32
-"""Samples per calibration batch at most (fewer ORT runs; equal-sized, see `batch_plan`)."""
+MAX_BATCH = 16
+"""Samples per calibration batch at most (equal-sized, see `batch_plan`). ORT's calibrators keep
+every output of every batch they are given in one `collect_data` call, so edge-search gives them
+one batch per call: memory is one batch's activations, not the whole calibration set's (72
+EfficientNet-Lite2 samples in one call took 21 GB and were killed for memory)."""
 ENTROPY_MAX_SAMPLES = 128
 """Entropy (KL) searches a threshold per tensor in Python; cap its samples."""
 HUGE = 1e30
@@ -126,6 +130,10 @@ class FeedReader:
         """Start again from the first batch."""
         self._it = self._feeds()
 
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every batch, from the first."""
+        return self._feeds()
+
 
 def _op_types() -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -159,7 +167,8 @@ def calibrate(model: Path, task: Task, deploy: DeployConfig, cache: Path) -> Cal
     with tempfile.TemporaryDirectory(prefix="edge-search-calib-") as tmp, contextlib.redirect_stdout(captured):
         minmax = create_calibrator(model, _op_types(), augmented_model_path=str(Path(tmp) / "minmax.onnx"),
                                    calibrate_method=CalibrationMethod.MinMax)
-        minmax.collect_data(FeedReader(data, batch, used))
+        for feed in FeedReader(data, batch, used).batches():
+            minmax.collect_data(FeedReader(feed, batch, batch))
         ranges = minmax.compute_data()
         bad = sorted(t for t, r in ranges.items() if not _finite(*r.range_value))
         inputs = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
@@ -178,7 +187,8 @@ def calibrate(model: Path, task: Task, deploy: DeployConfig, cache: Path) -> Cal
                                      calibrate_method=ort_method, extra_options=extra)
             # ORT's attribute: the tensors the histogram collector is fed (set by create_calibrator)
             hist.tensors_to_calibrate = {t for t in hist.tensors_to_calibrate if t not in bad}
-            hist.collect_data(FeedReader(data, batch, used))
+            for feed in FeedReader(data, batch, used).batches():
+                hist.collect_data(FeedReader(feed, batch, batch))
             result = hist.compute_data()
             late = sorted(t for t, r in result.items() if not _finite(*r.range_value))
             if late:
