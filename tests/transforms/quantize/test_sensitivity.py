@@ -179,3 +179,13 @@ def test_no_calibration_data_is_input_error(task: OnnxModelTask, monkeypatch: py
     monkeypatch.setattr(task, "calibration_batches", lambda n, b=1: iter(()))
     with pytest.raises(InputError, match="calibration data"):
         analyse_sensitivity(task.model_path, task, SETTINGS)
+
+
+def test_one_ranking_serves_both_formats_and_activation_types() -> None:
+    """QDQ/QOperator and int8/uint8 activations share a ranking; per-channel and calibration do not."""
+    base = DeployConfig(precision="int8-static", keep_fp32_top_k=4)
+    same = [base.model_copy(update=u) for u in ({"quant_format": "qoperator"}, {"activation_type": "uint8"})]
+    assert all(QuantSettings.from_deploy(d) == QuantSettings.from_deploy(base) for d in same)
+    other = [base.model_copy(update=u) for u in ({"per_channel": False}, {"calibration_method": "percentile"},
+                                                 {"bias_correction": False})]
+    assert all(QuantSettings.from_deploy(d) != QuantSettings.from_deploy(base) for d in other)

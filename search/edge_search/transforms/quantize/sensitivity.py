@@ -92,8 +92,12 @@ class QuantSettings(StrictModel):
 
     @classmethod
     def from_deploy(cls, deploy: DeployConfig) -> QuantSettings:
-        """The settings of a trial's deploy knobs."""
-        return cls(**deploy.model_dump(include=set(cls.model_fields)))
+        """The settings of a trial's deploy knobs that its ranking depends on. The format and the
+        activation type are not among them: QDQ and QOperator, int8 and uint8 activations put
+        values on the same grids, so one ranking (made in QDQ S8S8) serves them all, and a search
+        that varies them pays for one analysis instead of four."""
+        knobs = deploy.model_dump(include=set(cls.model_fields) - {"quant_format", "activation_type"})
+        return cls(**knobs)
 
     def deploy(self) -> DeployConfig:
         """A DeployConfig for all-int8 static quantisation with these settings."""
