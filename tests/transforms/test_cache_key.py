@@ -9,6 +9,7 @@ import pytest
 from edge_search.cache import content_key
 from edge_search.config import DeployConfig
 from edge_search.transforms import TRANSFORMS, deploy_key_knobs, deploy_transforms
+from edge_search.transforms.quantize.int8 import INT8_KNOBS, INT8_METHOD
 from edge_search.transforms.quantize.sensitivity import SENSITIVITY_ID
 
 
@@ -20,6 +21,8 @@ def legacy_knobs(deploy: DeployConfig) -> dict[str, Any]:
     mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
     if mixed:
         knobs.update(mixed, sensitivity=SENSITIVITY_ID)
+    if deploy.quantized:  # issue 14: int8 models carry the new knobs and the method's version
+        knobs.update(deploy.model_dump(include=set(INT8_KNOBS)), int8_method=INT8_METHOD)
     return knobs
 
 
@@ -55,9 +58,12 @@ def test_session_knobs_do_not_enter_the_deploy_key() -> None:
 def test_every_knob_a_transform_keys_on_changes_the_key() -> None:
     base = DeployConfig(precision="int8-static")
     other = {"precision": "int8-dynamic", "calibration_method": "entropy", "calibration_size": 7,
-             "per_channel": True, "reduce_range": True, "quant_format": "qoperator", "sparsity": 0.3,
+             "per_channel": False, "reduce_range": True, "quant_format": "qoperator", "sparsity": 0.3,
              "keep_fp32": "depthwise", "quantize_op_types": "matmul", "weight_only_block_size": 16,
-             "input_resolution": 64}
+             "input_resolution": 64, "calibration_percentile": 99.9, "activation_symmetric": True,
+             "bias_correction": False, "cross_layer_equalization": True, "smooth_quant": True,
+             "smooth_quant_alpha": 0.8, "quantize_matmul_outputs": True, "transformer_fusion": "bert",
+             "activation_type": "uint8"}
     for transform in TRANSFORMS:
         for knob in transform().key_knobs(base):
             if knob in other:

@@ -32,7 +32,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-size", type=int, default=32, help="calibration samples (the data's last N)")
     p.add_argument("--calibration-data", type=Path, default=None, help="separate calibration data")
     p.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    p.add_argument("--per-channel", action="store_true", help="per-channel weight quantisation")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="per-channel weight quantisation (default on)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="biases absorb the mean error of the int8 weights (default on)")
     p.add_argument("--quant-format", choices=("qdq", "qoperator"), default="qdq")
     p.add_argument("--quantize-op-types", choices=("all", "conv", "matmul"), default="all")
     p.add_argument("--eval-size", type=int, default=64, help="samples scored per variant (the data's first N)")
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         opts["output"] = args.output
     task = OnnxModelTask(**opts)
     settings = QuantSettings(calibration_method=args.calibration_method, calibration_size=args.calibration_size,
-                             per_channel=args.per_channel, quant_format=args.quant_format,
+                             per_channel=args.per_channel, bias_correction=args.bias_correction,
+                             quant_format=args.quant_format,
                              quantize_op_types=args.quantize_op_types)
 
     def progress(msg: str) -> None:

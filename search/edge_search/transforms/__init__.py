@@ -11,18 +11,19 @@ from typing import Any
 from edge_search.cache import ArtifactCache
 from edge_search.config import DeployConfig
 from edge_search.transforms.base import Transform
+from edge_search.transforms.fusion import TransformerFusionTransform
 from edge_search.transforms.precision import Fp16Transform
 from edge_search.transforms.prune import MagnitudePruneTransform
 from edge_search.transforms.quantize.int8 import QuantizeTransform
 from edge_search.transforms.quantize.weight_only import WeightOnlyQuantizeTransform
 
 __all__ = ["TRANSFORMS", "Fp16Transform", "MagnitudePruneTransform", "QuantizeTransform", "Transform",
-           "WeightOnlyQuantizeTransform", "deploy_key_knobs", "deploy_transforms"]
+           "TransformerFusionTransform", "WeightOnlyQuantizeTransform", "deploy_key_knobs", "deploy_transforms"]
 
-TRANSFORMS: tuple[type[Transform], ...] = (MagnitudePruneTransform, QuantizeTransform, WeightOnlyQuantizeTransform,
-                                           Fp16Transform)
-"""Every transform, in the order they apply: prune, then change precision (at most one precision
-transform applies: `precision` picks it). A new transform is one class here."""
+TRANSFORMS: tuple[type[Transform], ...] = (MagnitudePruneTransform, TransformerFusionTransform, QuantizeTransform,
+                                           WeightOnlyQuantizeTransform, Fp16Transform)
+"""Every transform, in the order they apply: prune, fuse (transformers), then change precision (at
+most one precision transform applies: `precision` picks it). A new transform is one class here."""
 
 
 def _chain(cache: ArtifactCache | None) -> list[Transform]:

@@ -39,17 +39,16 @@ def _fresh_memo() -> None:
 
 
 def _count_calibrations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import importlib
+    from edge_search.transforms.quantize import static
 
-    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module, not the function
     calls: list[int] = []
-    real = ort_quantize.create_calibrator
+    real = static.calibrate  # type: ignore[attr-defined]
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ort_quantize, "create_calibrator", counted)
+    monkeypatch.setattr(static, "calibrate", counted)
     return calls
 
 
@@ -60,7 +59,7 @@ def test_ranking_calibrates_once_and_is_cached(task: OnnxModelTask, tmp_path: Pa
     cache = ArtifactCache(tmp_path / "cache")
     report = analyse_sensitivity(task.model_path, task, SETTINGS, cache=cache, method=method)
     assert sorted(report.ranking) == ["conv1", "dw", "fc"]  # every Conv/Gemm is a candidate
-    assert len(calls) == 1  # all-int8 and three per-node variants share one calibration
+    assert len(calls) == 2  # once, and once after bias correction; all-int8 and the variants reuse it
     assert report.fp32_score == 1.0 and report.metric == "fidelity_top1"
     gains = [(n.gain, n.cosine_gain or 0.0) for n in report.nodes]
     assert gains == sorted(gains, reverse=True)  # most sensitive first
@@ -69,7 +68,6 @@ def test_ranking_calibrates_once_and_is_cached(task: OnnxModelTask, tmp_path: Pa
         assert n.gain == pytest.approx(want) and n.members[0] == n.name
     assert report.method == method
     assert dict((n.name, n.members) for n in report.nodes)["dw"] == ("dw", "pool", "flat")  # dw feeds the chain
-    assert report.calibration_file is not None and report.calibration_file.exists()
     assert (cache.path("sensitivity", report.cache_key) / "report.json").exists()
 
     sensitivity._MEMO.clear()  # a new process: read back from the cache, no analysis
@@ -78,7 +76,7 @@ def test_ranking_calibrates_once_and_is_cached(task: OnnxModelTask, tmp_path: Pa
     assert again.ranking == report.ranking and again.int8_score == report.int8_score
     # other quantisation settings are another analysis
     assert sensitivity.sensitivity_key(task.model_path, task, SETTINGS, "fidelity_top1") != \
-        sensitivity.sensitivity_key(task.model_path, task, QuantSettings(calibration_size=16, per_channel=True),
+        sensitivity.sensitivity_key(task.model_path, task, QuantSettings(calibration_size=16, per_channel=False),
                                     "fidelity_top1")
     assert report.top(2) == report.ranking[:2] and report.top_fraction(0.34) == report.ranking[:1]
 
@@ -181,3 +179,13 @@ def test_no_calibration_data_is_input_error(task: OnnxModelTask, monkeypatch: py
     monkeypatch.setattr(task, "calibration_batches", lambda n, b=1: iter(()))
     with pytest.raises(InputError, match="calibration data"):
         analyse_sensitivity(task.model_path, task, SETTINGS)
+
+
+def test_one_ranking_serves_both_formats_and_activation_types() -> None:
+    """QDQ/QOperator and int8/uint8 activations share a ranking; per-channel and calibration do not."""
+    base = DeployConfig(precision="int8-static", keep_fp32_top_k=4)
+    same = [base.model_copy(update=u) for u in ({"quant_format": "qoperator"}, {"activation_type": "uint8"})]
+    assert all(QuantSettings.from_deploy(d) == QuantSettings.from_deploy(base) for d in same)
+    other = [base.model_copy(update=u) for u in ({"per_channel": False}, {"calibration_method": "percentile"},
+                                                 {"bias_correction": False})]
+    assert all(QuantSettings.from_deploy(d) != QuantSettings.from_deploy(base) for d in other)

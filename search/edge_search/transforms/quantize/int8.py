@@ -17,6 +17,11 @@ once per model, data and quantisation settings, and cached; the quantisation reu
 ranges). Every quantised deployable records the nodes it left in float32 in its metadata_props
 (`edge_search.fp32_nodes`), which the study logs as the MLflow tag `fp32_nodes`.
 
+int8-static prepares the float model first (`static.prepare_static`: cross-layer equalisation,
+SmoothQuant, calibration that holds on real networks, bias correction) and then quantises it with
+ORT; the sensitivity ranking is made on the same prepared model, so the fp32 fallback comes on top
+of those techniques. Outputs of MatMul/Gemm stay float unless `quantize_matmul_outputs`.
+
 Weight-only int4/int8 is `weight_only.WeightOnlyQuantizeTransform`; the ORT primitives both use
 are in `ort`.
 """
@@ -34,29 +39,30 @@ import onnx
 from edge_search.config import DeployConfig
 from edge_search.tasks.base import Task
 from edge_search.transforms.base import Transform
-from edge_search.transforms.quantize.ort import (
-    OP_TYPES,
-    name_nodes,
-    nodes_kept_fp32,
-    preprocess,
-    quantize_static_model,
-    record_fp32_nodes,
-)
+from edge_search.transforms.quantize.ort import OP_TYPES, nodes_kept_fp32, record_fp32_nodes
 from edge_search.transforms.quantize.sensitivity import (
     SENSITIVITY_ID,
     QuantSettings,
     analyse_sensitivity,
     kept_nodes,
 )
+from edge_search.transforms.quantize.static import prepare_dynamic, prepare_static, quantize_prepared
 
 log = logging.getLogger(__name__)
+
+INT8_METHOD = 2
+"""Version of the int8 method (part of the cache key): 2 = own calibration, float MatMul outputs,
+bias correction / CLE / SmoothQuant knobs (issue 14)."""
+INT8_KNOBS = ("calibration_percentile", "activation_symmetric", "bias_correction", "cross_layer_equalization",
+              "smooth_quant", "smooth_quant_alpha", "quantize_matmul_outputs", "activation_type")
+"""Knobs that change an int8 model (besides the older ones); in its cache key."""
 
 
 class QuantizeTransform(Transform):
     """int8-dynamic or int8-static (QDQ or QOperator) quantisation per the deploy knobs."""
 
     name = "quantize"
-    key_extras = ("sensitivity",)
+    key_extras = ("sensitivity", "int8_method")
 
     def applies(self, deploy: DeployConfig) -> bool:
         """When `precision` is `int8-dynamic` or `int8-static`."""
@@ -64,11 +70,14 @@ class QuantizeTransform(Transform):
 
     def key_knobs(self, deploy: DeployConfig) -> dict[str, Any]:
         """The int8 knobs, and `input_resolution` (calibration data is resized to it); the
-        mixed-precision knobs (and the ranking method's version, `sensitivity`) only when set, so
-        keys of models made without them stay as they were."""
+        mixed-precision knobs (and the ranking method's version, `sensitivity`) only when set. The
+        knobs of issue 14 (and the method's version, `int8_method`) only for int8 precisions, so the
+        keys of other models stay as they were."""
         knobs = deploy.model_dump(include={"precision", "calibration_method", "calibration_size", "per_channel",
                                            "reduce_range", "quant_format", "keep_fp32", "quantize_op_types",
                                            "input_resolution"})
+        if self.applies(deploy):
+            knobs.update(deploy.model_dump(include=set(INT8_KNOBS)), int8_method=INT8_METHOD)
         mixed = {k: v for k, v in deploy.model_dump(include={"keep_fp32_top_k", "keep_fp32_fraction"}).items() if v}
         if mixed:
             knobs.update(mixed, sensitivity=SENSITIVITY_ID)
@@ -83,31 +92,31 @@ class QuantizeTransform(Transform):
         dst.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="edge-search-quant-") as tmp:
-            model_in = preprocess(src, Path(tmp) / "preprocessed.onnx")
-            named = name_nodes(model_in)
-            exclude = nodes_kept_fp32(named, deploy.keep_fp32)
-            model_in = Path(tmp) / "named.onnx"
-            onnx.save(named, str(model_in))
-            calibration: Path | None = None
-            if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
-                exclude, calibration = self._sensitive_nodes(src, named, deploy, task)
             if deploy.precision == "int8-dynamic":
+                model_in = prepare_dynamic(src, Path(tmp), deploy)
+                exclude = nodes_kept_fp32(onnx.load(str(model_in)), deploy.keep_fp32)
                 quantize_dynamic(str(model_in), str(dst), per_channel=deploy.per_channel,
                                  reduce_range=deploy.reduce_range, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
                                  nodes_to_exclude=exclude)
             else:
-                quantize_static_model(model_in, dst, deploy, task, exclude, calibration_cache=calibration)
+                prepared = prepare_static(src, Path(tmp), deploy, task)
+                named = onnx.load(str(prepared.path))
+                exclude = nodes_kept_fp32(named, deploy.keep_fp32)
+                if deploy.keep_fp32_top_k > 0 or deploy.keep_fp32_fraction > 0:
+                    exclude = self._sensitive_nodes(src, named, deploy, task)
+                quantize_prepared(prepared, dst, deploy, exclude)
+                exclude = [*exclude, *(n for n in prepared.exclude if n not in exclude)]
+                log.info("int8-static: %s", ", ".join(prepared.steps) or "no float techniques")
         record_fp32_nodes(dst, exclude)
         log.info("quantised %s -> %s (%s) in %.2f s", src, dst, deploy.precision, time.perf_counter() - start)
 
-    def _sensitive_nodes(self, src: Path, named: onnx.ModelProto, deploy: DeployConfig,
-                         task: Task) -> tuple[list[str], Path | None]:
-        """The top-ranked nodes for `keep_fp32_top_k`/`_fraction`, and the ranking's calibration file."""
+    def _sensitive_nodes(self, src: Path, named: onnx.ModelProto, deploy: DeployConfig, task: Task) -> list[str]:
+        """The top-ranked nodes for `keep_fp32_top_k`/`_fraction` (ranked on the same prepared model)."""
         report = analyse_sensitivity(src, task, QuantSettings.from_deploy(deploy), cache=self.cache,
                                      resolution=deploy.input_resolution)
         names = {n.name for n in named.graph.node}
         kept = [n for n in kept_nodes(deploy, report) if n in names]
         if len(kept) < len(kept_nodes(deploy, report)):
             log.warning("sensitivity ranking names nodes this model lacks; kept %d of them", len(kept))
-        return kept, report.calibration_file
+        return kept

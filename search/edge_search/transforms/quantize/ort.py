@@ -1,27 +1,21 @@
 """ONNX Runtime's quantisation tool, as edge-search drives it: the primitives under both the int8
-transform (`int8.QuantizeTransform`) and the per-node sensitivity analysis (`sensitivity`).
+transform (`int8.QuantizeTransform`) and the per-node sensitivity analysis (`sensitivity`); calibration is
+`calibration`, the int8-static recipe `static`.
 
-Pre-processing and naming the nodes (ORT's quantiser excludes nodes by name), the calibration
-reader over a task's data, static quantisation with a calibration cache (so one calibration
-serves many quantisations), which nodes `keep_fp32` leaves in float32, and the metadata a
-quantised deployable carries about them (`edge_search.fp32_nodes`, logged as MLflow tags).
+Pre-processing and naming the nodes (ORT's quantiser excludes nodes by name), which nodes
+`keep_fp32` leaves in float32, and the metadata a quantised deployable carries about them
+(`edge_search.fp32_nodes`, logged as MLflow tags).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from edge_search.config import DeployConfig, KeepFp32
-from edge_search.errors import InputError
-from edge_search.tasks.base import Task
+from edge_search.config import KeepFp32
 
 log = logging.getLogger(__name__)
 
@@ -29,45 +23,6 @@ FP32_NODES_KEY = "edge_search.fp32_nodes"
 """metadata_props key of a deployable: JSON list of the node names left in float32."""
 TAG_LIMIT = 5000
 """MLflow tag values are capped; longer node lists are truncated with a count."""
-CALIBRATION_BATCH = 32
-"""Samples per calibration batch when the model's batch axis is dynamic (fewer ORT runs)."""
-ENTROPY_MAX_SAMPLES = 128
-"""Entropy (KL) calibration builds a histogram per tensor and search per tensor; cap its samples."""
-
-
-def _model_batch(path: Path) -> int | None:
-    """The fixed batch size of the model's first graph input, or None when it is dynamic."""
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {init.name for init in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in initializers:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return int(dims[0].dim_value)
-        return None
-    return None
-
-
-class TaskCalibrationReader:
-    """`CalibrationDataReader` over `task.calibration_batches` (ORT calls `get_next` until None)."""
-
-    def __init__(self, task: Task, n: int, batch_size: int, *, fixed_batch: bool = False) -> None:
-        self._task, self._n, self._batch, self._fixed = task, n, batch_size, fixed_batch
-        self._it: Iterator[dict[str, np.ndarray]] = task.calibration_batches(n, batch_size)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        """Next feed, or None when the calibration samples are used up."""
-        feed = next(self._it, None)
-        if feed is not None and self._fixed and any(v.shape[0] != self._batch for v in feed.values()):
-            return None  # a short last batch cannot feed a model with a fixed batch size
-        return feed
-
-    def rewind(self) -> None:
-        """Start again from the first sample (ORT's calibrators may read the data twice)."""
-        self._it = self._task.calibration_batches(self._n, self._batch)
-
-
 def preprocess(src: Path, dst: Path) -> Path:
     """Run ORT's `quant_pre_process` (shape inference + optimisation); return the model to quantise.
 
@@ -122,39 +77,6 @@ def nodes_kept_fp32(model: onnx.ModelProto, keep: KeepFp32) -> list[str]:
             if group > 1 and w is not None and len(w.dims) == 4 and w.dims[1] == 1:
                 out.append(node.name)
     return out
-
-
-def quantize_static_model(src: Path, dst: Path, deploy: DeployConfig, task: Task, exclude: list[str],
-                          calibration_cache: Path | None = None) -> None:
-    """int8-static quantisation of a pre-processed, named model with `exclude` left in float32.
-
-    `calibration_cache`: ORT's calibration cache file; read when it exists (no calibration),
-    else written by the calibration (used by `edge_search.transforms.quantize.sensitivity` to calibrate once).
-    """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[deploy.calibration_method]
-    n = deploy.calibration_size
-    if deploy.calibration_method == "entropy":
-        n = min(n, ENTROPY_MAX_SAMPLES)
-    qdq = deploy.quant_format == "qdq"
-    fixed = _model_batch(src)
-    reader = TaskCalibrationReader(task, n, fixed or CALIBRATION_BATCH, fixed_batch=fixed is not None)
-    if not any(True for _ in task.calibration_batches(1, 1)):
-        raise InputError(f"int8-static needs calibration data; task '{task.name}' provides none")
-    # ORT's histogram calibrators print progress to stdout; keep it out of the CLI's output.
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        quantize_static(
-            str(src), str(dst), reader,
-            quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
-            per_channel=deploy.per_channel, reduce_range=deploy.reduce_range,
-            activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=method, op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
-            nodes_to_exclude=exclude, calibration_cache_path=calibration_cache)
-    if captured.getvalue():
-        log.debug("calibration output: %s", captured.getvalue().strip())
 
 
 # -- what a deployable kept in float32 -----------------------------------------------------------------

@@ -1,13 +1,14 @@
 """Per-node int8 sensitivity: which Conv/MatMul/Gemm nodes cost the most fidelity when quantised.
 
-The fp32 model is pre-processed and its nodes named exactly as `QuantizeTransform` does, then
-calibrated **once** (ONNX Runtime's calibrator; the ranges go into ORT's calibration cache file, so
-no later quantisation recalibrates). A candidate is a Conv/MatMul/Gemm node together with the
-chain of nodes only it feeds (its activation, a residual Add, pooling; up to the next weight node
-or a branch): excluding the weight node alone would leave Q/DQ pairs on its activation and output,
-so it would not really run in float32. Each candidate is then scored with the task's own
-`evaluate` (fidelity to the task's fp32 model, or the task metric where no fidelity is reported,
-e.g. `digits-cnn` accuracy), by one of two methods (ORT's `nodes_to_exclude` either way):
+The fp32 model is prepared exactly as `QuantizeTransform` prepares it (`static.prepare_static`:
+pre-processing, node names, CLE / SmoothQuant / bias correction where the settings ask, and **one**
+calibration whose ranges every variant reuses), so the ranking is made on top of those techniques. A
+candidate is a Conv/MatMul/Gemm node together with the chain of nodes only it feeds (its activation,
+a residual Add, pooling; up to the next weight node or a branch): excluding the weight node alone
+would leave Q/DQ pairs on its activation and output, so it would not really run in float32. Each
+candidate is then scored with the task's own `evaluate` (fidelity to the task's fp32 model, or the
+task metric where no fidelity is reported, e.g. `digits-cnn` accuracy), by one of two methods (ORT's
+`nodes_to_exclude` either way):
 
 - `quantise` (default): only this candidate int8, everything else fp32; its sensitivity is the
   metric it loses by itself (fp32 score - score);
@@ -38,7 +39,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,11 +53,12 @@ from edge_search.errors import InputError
 from edge_search.metrics import METRICS
 from edge_search.schema import StrictModel
 from edge_search.tasks.base import Task
-from edge_search.transforms.quantize.ort import OP_TYPES, name_nodes, preprocess, quantize_static_model
+from edge_search.transforms.quantize.ort import OP_TYPES
+from edge_search.transforms.quantize.static import prepare_static, quantize_prepared
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 2
+SENSITIVITY_VERSION = 3
 """Bump when the method changes: it is part of the cache key."""
 QUANTISABLE_OPS = ("Conv", "MatMul", "Gemm")
 """Op types that are ranked (the weight-carrying ops int8 speeds up)."""
@@ -75,15 +77,27 @@ class QuantSettings(StrictModel):
 
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_size: int = Field(256, ge=1)
-    per_channel: bool = False
+    calibration_percentile: float = Field(99.999, ge=99.0, lt=100.0)
+    per_channel: bool = True
     reduce_range: bool = False
     quant_format: Literal["qdq", "qoperator"] = "qdq"
     quantize_op_types: Literal["all", "conv", "matmul"] = "all"
+    activation_symmetric: bool = False
+    bias_correction: bool = True
+    cross_layer_equalization: bool = False
+    smooth_quant: bool = False
+    smooth_quant_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    quantize_matmul_outputs: bool = False
+    activation_type: Literal["int8", "uint8"] = "int8"
 
     @classmethod
     def from_deploy(cls, deploy: DeployConfig) -> QuantSettings:
-        """The settings of a trial's deploy knobs."""
-        return cls(**deploy.model_dump(include=set(cls.model_fields)))
+        """The settings of a trial's deploy knobs that its ranking depends on. The format and the
+        activation type are not among them: QDQ and QOperator, int8 and uint8 activations put
+        values on the same grids, so one ranking (made in QDQ S8S8) serves them all, and a search
+        that varies them pays for one analysis instead of four."""
+        knobs = deploy.model_dump(include=set(cls.model_fields) - {"quant_format", "activation_type"})
+        return cls(**knobs)
 
     def deploy(self) -> DeployConfig:
         """A DeployConfig for all-int8 static quantisation with these settings."""
@@ -122,8 +136,6 @@ class SensitivityReport:
     fp32_latency_ms: float | None = None
     int8_latency_ms: float | None = None
     cache_key: str = ""
-    calibration_file: Path | None = field(default=None, compare=False)
-    """ORT calibration cache (tensor ranges) the ranking was made with, when it is still on disk."""
 
     @property
     def ranking(self) -> list[str]:
@@ -146,17 +158,16 @@ class SensitivityReport:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (the cached form and `--json`)."""
         d = asdict(self)
-        d.pop("calibration_file")
         d["nodes"] = [asdict(n) for n in self.nodes]
         d["schema_version"] = SENSITIVITY_VERSION
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], calibration_file: Path | None = None) -> SensitivityReport:
+    def from_json(cls, d: dict[str, Any]) -> SensitivityReport:
         """Inverse of `to_json`."""
         fields = {k: v for k, v in d.items() if k not in ("nodes", "schema_version")}
         nodes = tuple(NodeSensitivity(**{**n, "members": tuple(n.get("members", ()))}) for n in d["nodes"])
-        return cls(nodes=nodes, calibration_file=calibration_file, **fields)
+        return cls(nodes=nodes, **fields)
 
 
 def kept_nodes(deploy: DeployConfig, report: SensitivityReport) -> list[str]:
@@ -200,7 +211,7 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
     settings = settings or QuantSettings()
     key = sensitivity_key(model, task, settings, metric, resolution, method)
     memo = _MEMO.get(key)
-    if memo is not None and (memo.calibration_file is None or memo.calibration_file.exists()):
+    if memo is not None:
         return memo
     if cache is not None:
         folder, _ = cache.entry("sensitivity", key, lambda tmp: _analyse_into(
@@ -215,9 +226,8 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
 
 
 def _read(folder: Path) -> SensitivityReport:
-    calib = folder / "calibration.json"
     data = json.loads((folder / "report.json").read_text())
-    return SensitivityReport.from_json(data, calib if calib.exists() else None)
+    return SensitivityReport.from_json(data)
 
 
 def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, metric: str, method: Method,
@@ -225,20 +235,18 @@ def _analyse_into(out: Path, model: Path, task: Task, settings: QuantSettings, m
     say = progress or (lambda msg: log.info("%s", msg))
     start = time.perf_counter()
     deploy = settings.deploy()
-    calib_file = out / "calibration.json"
     with tempfile.TemporaryDirectory(prefix="edge-search-sens-") as tmp_s:
         tmp = Path(tmp_s)
-        named = name_nodes(preprocess(model, tmp / "pre.onnx"))
+        prepared = prepare_static(model, tmp / "prepared", deploy, task)
+        named = onnx.load(str(prepared.path))
         ops = _op_types(settings.quantize_op_types)
         candidates = candidate_units(named, ops)
         if not candidates:
             raise InputError(f"{model}: no {'/'.join(ops)} node to quantise; nothing to rank")
-        src = tmp / "named.onnx"
-        onnx.save(named, str(src))
         feed = next(iter(task.calibration_batches(1, 1)), None) if time_variants else None
 
         def variant(exclude: list[str], path: Path) -> tuple[dict[str, float], float | None]:
-            quantize_static_model(src, path, deploy, task, exclude, calibration_cache=calib_file)
+            quantize_prepared(prepared, path, deploy, exclude)
             scores = task.evaluate(path, eval_batch)
             ms = _rough_latency_ms(path, feed) if feed is not None else None
             path.unlink()
