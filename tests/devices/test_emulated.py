@@ -139,3 +139,18 @@ class TestEmulatedDeviceContract(DeviceContract):
     @pytest.fixture()
     def device(self) -> Device:
         return EmulatedDevice(get_profile("raspberry-pi-4"), measure_memory=False)
+
+
+def test_host_mismatch_compares_like_with_like() -> None:
+    """The reference host string (CPU + ORT version) is compared with the same string for this machine."""
+    from edge_search.devices.emulated import host_mismatch
+    from edge_search.devices.worker.probes import host_id
+
+    here = host_id()
+    assert " / onnxruntime " in here
+    assert host_mismatch(here) is None  # calibrated here: no warning (it used to warn on every prediction)
+    assert host_mismatch("") is None
+    other = host_mismatch("Some Other CPU / onnxruntime 1.0.0", this_host=here)
+    assert other is not None and "Some Other CPU / onnxruntime 1.0.0" in other and here in other
+    same_cpu_other_ort = host_mismatch(here.split(" / ")[0] + " / onnxruntime 0.0.1")
+    assert same_cpu_other_ort is not None

@@ -47,10 +47,27 @@ from edge_search.devices.emulation.carry import (
 )
 from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.devices.stats import LatencyStats
-from edge_search.devices.worker.probes import cpu_model
+from edge_search.devices.worker.probes import host_id
 from edge_search.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def host_mismatch(reference_host: str, this_host: str | None = None) -> str | None:
+    """The warning when the host calibration was made on another machine or ONNX Runtime, else None.
+
+    `reference_host` is ``Calibration.reference_host`` ("<cpu model> / onnxruntime <version>"), compared
+    with the same string for this machine (`this_host`, default `host_id()`): comparing it with the CPU
+    name alone, as before, could never match and warned on every prediction."""
+    if not reference_host:
+        return None
+    here = this_host if this_host is not None else host_id()
+    if reference_host.strip() == here.strip():
+        return None
+    return (
+        f"host profile was calibrated on '{reference_host}', this machine is '{here}': "
+        "run `edge-search calibrate --device host`"
+    )
 
 
 class EmulatedDevice(Device):
@@ -138,12 +155,9 @@ class EmulatedDevice(Device):
         gpu = wants_gpu(self.profile, request.session)
         bd = self.host_breakdown(request)
         host = self.host_profile
-        ref = host.calibration.reference_host
-        if ref and ref != cpu_model():
-            warnings.append(
-                f"host profile was calibrated on '{ref}', this machine is '{cpu_model()}': "
-                "run `edge-search calibrate --device host`"
-            )
+        mismatch = host_mismatch(host.calibration.reference_host)
+        if mismatch:
+            warnings.append(mismatch)
         if bd.unmatched_nodes:
             warnings.append(f"{bd.unmatched_nodes} profiled node(s) could not be matched to the graph")
         carried = carry(bd, host, self.profile, request.session.intra_op_threads, gpu)
