@@ -42,6 +42,7 @@ from edge_search.devices.emulation.carry import (
     breakdown_from_nodes,
     carry,
     check_knobs,
+    predict_physics,
     prediction_stats,
     wants_gpu,
 )
@@ -97,6 +98,7 @@ class EmulatedDevice(Device):
         self.profile_runs = profile_runs
         self.measure_memory = measure_memory
         self._cache: dict[str, HostBreakdown] = {}
+        self._memory: dict[str, float | None] = {}
 
     @property
     def host(self) -> Device:
@@ -149,9 +151,33 @@ class EmulatedDevice(Device):
         self._cache[key] = bd
         return bd
 
+    def host_peak_memory(self, request: MeasureRequest) -> float | None:
+        """Peak memory of the request's model measured on this host (None when `measure_memory` is off)."""
+        if not self.measure_memory:
+            return None
+        path = Path(request.model_path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        key = f"mem|{digest}|{request.session.graph_optimization}|{sorted(request.shapes.items())}"
+        if key not in self._memory:
+            knobs = SessionKnobs(intra_op_threads=1, graph_optimization=request.session.graph_optimization,
+                                 providers=("CPUExecutionProvider",))
+            mem_req = request.model_copy(update={
+                "session": knobs, "max_time_s": 0.5, "min_samples": 3, "precision_target": 0.5,
+                "warmup_min_runs": 1, "warmup_min_s": 0.0,
+            })
+            self._memory[key] = self.host.measure(mem_req).peak_memory_mb
+        return self._memory[key]
+
     def measure(self, request: MeasureRequest) -> LatencyStats:
         """Predict the request's latency on the target (see the module docstring for the method)."""
         warnings = check_knobs(self.profile, request.session)
+        if self.profile.calibration.physics is not None:
+            path = Path(request.model_path)
+            if not path.is_file():
+                raise InputError(f"{path}: no such model file")
+            shapes = dict(request.shapes) or None
+            return predict_physics(path, self.profile, request.session, shapes,
+                                   self.host_peak_memory(request), warnings)
         gpu = wants_gpu(self.profile, request.session)
         bd = self.host_breakdown(request)
         host = self.host_profile
