@@ -271,6 +271,9 @@ class Held:
 
     obs: Obs
     predicted_ms: float
+    runtime_seen: bool = True
+    """False when no training row had this runtime (on this path, ISA and precision): the row then
+    tests an unseen runtime, not an unseen family, and is reported apart."""
 
     @property
     def log_error(self) -> float:
@@ -290,8 +293,18 @@ def lofo(rows: Sequence[Obs], families: Iterable[str] | None = None,
         if progress:
             progress(f"leave-one-family-out {i + 1}/{len(fams)}: {fam} ({len(test)} rows)")
         res = fit(train)
-        out += [Held(o, float(p)) for o, p in zip(test, predict(res, test), strict=True)]
+        seen = {runtime_key(o) for o in train}
+        out += [Held(o, float(p), runtime_key(o) in seen or o.runtime in REFERENCE_RUNTIMES)
+                for o, p in zip(test, predict(res, test), strict=True)]
     return out
+
+
+REFERENCE_RUNTIMES = ("ort", "ort-trt")
+
+
+def runtime_key(o: Obs) -> tuple[str, str, str, str]:
+    """What a runtime factor is fitted for: runtime, path, ISA, precision."""
+    return (o.runtime, o.path, o.isa, o.precision if o.path == "cpu" else "")
 
 
 BAND_QUANTILE = 0.85
@@ -319,7 +332,7 @@ def bands_from_errors(held: Sequence[Held], exclude_family: str | None = None) -
     by: dict[str, list[float]] = {}
     kind: dict[str, list[float]] = {}
     for h in held:
-        if h.obs.family == exclude_family:
+        if h.obs.family == exclude_family or not h.runtime_seen:
             continue
         k = band_key(h.obs)
         by.setdefault(k, []).append(h.log_error)
@@ -337,14 +350,21 @@ def bands_from_errors(held: Sequence[Held], exclude_family: str | None = None) -
 def figures(held: Sequence[Held], nested_bands: bool = True) -> dict[str, dict[str, float]]:
     """Per device/path: n, median |error|, share within ±25/30 %, coverage, Spearman rho.
 
+    Rows whose runtime no training row had (`Held.runtime_seen` False) are counted apart
+    (``unseen_runtime_rows``): the product predicts ONNX Runtime, which is always seen.
+
     Coverage uses, for each row, the band computed without its own family (nested), so a family
     never sets the interval it is judged by."""
     fams = {h.obs.family for h in held}
     nested = {f: bands_from_errors(held, exclude_family=f) for f in fams} if nested_bands else {}
     flat = bands_from_errors(held)
     by: dict[str, list[Held]] = {}
+    unseen: dict[str, int] = {}
     for h in held:
-        by.setdefault(band_key(h.obs), []).append(h)
+        if h.runtime_seen:
+            by.setdefault(band_key(h.obs), []).append(h)
+        else:
+            unseen[band_key(h.obs)] = unseen.get(band_key(h.obs), 0) + 1
     out = {}
     for k, hs in sorted(by.items()):
         rel = np.array([h.predicted_ms / h.obs.latency_ms - 1.0 for h in hs])
@@ -364,6 +384,7 @@ def figures(held: Sequence[Held], nested_bands: bool = True) -> dict[str, dict[s
             "coverage": float(np.mean(cover)),
             "band": float(flat.get(k, math.nan)),
             "spearman_rho": float(rho),
+            "unseen_runtime_rows": float(unseen.get(k, 0)),
         }
     return out
 
