@@ -255,7 +255,7 @@ def read_v2(path: Path | None = None) -> list[PublishedRow]:
         ]
         excluded = next((text for cond, text in reasons if cond), "")
         out.append(PublishedRow(
-            rid=f"{V2_NAME}:{i}", device=dev or d["device"], path=pth, runtime=rt, precision=prec,
+            rid=f"{path.name}:{i}", device=dev or d["device"], path=pth, runtime=rt, precision=prec,
             threads=threads, clock_ghz=clock, model=model, published=d["model"],
             latency_ms=float(d["latency_ms"]), source=d["source"], note=note, excluded=excluded,
             extra={"runtime_text": d["runtime"], "input": d["input"], "stat": d["stat"], "threads_text": d["threads"]},
@@ -273,7 +273,7 @@ def read_v1(path: Path | None = None) -> list[PublishedRow]:
         pth = "gpu" if gpu else "cpu"
         model = suite_key(d["model"])
         out.append(PublishedRow(
-            rid=f"{V1_NAME}:{i}", device=d["device"], path=pth, runtime=runtime_key(d["runtime"], pth),
+            rid=f"{path.name}:{i}", device=d["device"], path=pth, runtime=runtime_key(d["runtime"], pth),
             precision=d["precision"], threads=int(d["threads"]) if d["threads"] else 1, clock_ghz=None,
             model=model, published=d["model"], latency_ms=float(d["latency_ms"]), source=d["source"],
             excluded="" if model else f"no suite architecture for '{d['model']}'",
