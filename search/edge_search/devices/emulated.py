@@ -1,6 +1,13 @@
 """`EmulatedDevice`: latency predicted for a device the user does not have, with an honest interval.
 
-How a prediction is made (`EmulatedDevice.measure`):
+A profile with a physics calibration (``calibration.physics``; every shipped board) is predicted by
+`carry.predict_physics`: the model's work per op class from its graph, divided by the board's
+roofline peaks times fitted efficiencies, thread scaling and overheads, with the band of the path
+from leave-one-family-out errors (see `edge_search.devices.emulation.fit`); the host only measures
+peak memory. A profile without one (e.g. written by `calibrate --device host`) uses the per-class
+host carry below.
+
+How a host-carry prediction is made (`EmulatedDevice.measure`):
 
 1. The model is profiled **on this host at one intra-op thread** with ONNX Runtime's per-node
    profiler (through `LocalDevice.profile_nodes`, in a pinned worker under the host's lease), with
