@@ -50,10 +50,12 @@ def test_all_shipped_profiles_load_and_emulated_ones_are_calibrated_with_sources
         assert p.sources and p.power is not None and p.power.source
         assert p.calibration.source, name
         assert p.calibration.error_band is not None and p.calibration.error_band.source
-        assert "overhead_ms" in p.calibration.params
-        assert all(v.source for v in p.calibration.params.values())
+        ph = p.calibration.physics
+        assert ph is not None and ph.source and "cpu.overhead_ms" in ph.params
+        assert all(v.source for v in [*ph.params.values(), *ph.bands.values()])
+        assert {"cpu-fp32", "cpu-int8"} <= set(ph.bands)
     assert profiles["jetson-nano"].calibration.error_band_gpu is not None
-    assert "cross-runtime" in profiles["jetson-nano"].calibration.runtime_note
+    assert "gpu" in profiles["jetson-nano"].calibration.physics.bands  # type: ignore[union-attr]
 
 
 def test_a_minimal_profile_is_valid(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--from-csv",
         type=Path,
         default=None,
-        help="board: published latency CSV (default: the one shipped in the package)",
+        help="board: published latency CSV in the published_latency_v2.csv format (default: the one shipped "
+        "in the package, with published_device_latency.csv beside it)",
     )
     p.add_argument(
         "--profiles",
@@ -67,11 +68,10 @@ def run(args: argparse.Namespace) -> int:
         fitted, _ = cal.calibrate_host(profiles[args.device], quick=args.quick, progress=progress)
         figures = fitted.fit_stats
     else:
-        csv_path = args.from_csv or Path(
-            str(resources.files("edge_search.device_profiles") / "published_device_latency.csv")
-        )
-        fits = cal.calibrate_board(args.device, csv_path, profiles, progress=progress)
-        fitted = fits[0].calibration
+        from edge_search.devices.emulation.boards import board_calibration, calibrate_boards
+
+        fit = calibrate_boards(profiles, v2=args.from_csv, progress=progress)
+        fitted = board_calibration(fit.physics[args.device])
         figures = fitted.fit_stats
     out.parent.mkdir(parents=True, exist_ok=True)
     if (

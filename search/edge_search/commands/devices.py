@@ -45,9 +45,20 @@ def device_rows(profiles: dict[str, Any]) -> list[dict[str, Any]]:
                 "calibration_note": cal.runtime_note,
                 "error_band": band,
                 "error_band_gpu": band_gpu,
+                "validation": cal.physics.validation if cal.physics else {},
             }
         )
     return rows
+
+
+def _validation_cell(v: dict[str, dict[str, float]]) -> str:
+    """Held-out (leave-one-family-out) figures per path: median |error|, share within ±30 %, coverage."""
+    parts = []
+    for path, f in sorted(v.items()):
+        if f.get("n", 0) >= 1:
+            parts.append(f"{path}: n={f['n']:.0f} med {f['median_abs_err']:.0%} "
+                         f"±30% {f['within_30']:.0%} cov {f['coverage']:.0%}")
+    return "\n".join(parts) or "-"
 
 
 def agent_rows(profiles: dict[str, Any], timeout_s: float = 2.0) -> list[dict[str, Any]]:
@@ -96,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="device profiles")
-    for col in ("name", "method", "cpu", "RAM", "accelerator", "precisions", "calibration", "band"):
+    for col in ("name", "method", "cpu", "RAM", "accelerator", "precisions", "calibration", "band",
+                "held-out families (LOFO)"):
         table.add_column(col)
     for r in rows:
         band = "-" if r["error_band"] is None else f"±{r['error_band']:.0%}"
@@ -112,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             ",".join(r["precisions"]),
             note[:60],
             band,
+            _validation_cell(r["validation"]),
         )
     Console(width=200).print(table)
     if agents:

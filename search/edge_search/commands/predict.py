@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(stats.to_json())
         return 0
-    kind = {"graph": "graph-only estimate", "profile": "prediction"}.get(
+    kind = {"graph": "graph-only estimate", "profile": "prediction", "physics": "prediction"}.get(
         stats.extra.get("method", ""), "measured"
     )
     print(

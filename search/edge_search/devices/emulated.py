@@ -1,6 +1,13 @@
 """`EmulatedDevice`: latency predicted for a device the user does not have, with an honest interval.
 
-How a prediction is made (`EmulatedDevice.measure`):
+A profile with a physics calibration (``calibration.physics``; every shipped board) is predicted by
+`carry.predict_physics`: the model's work per op class from its graph, divided by the board's
+roofline peaks times fitted efficiencies, thread scaling and overheads, with the band of the path
+from leave-one-family-out errors (see `edge_search.devices.emulation.fit`); the host only measures
+peak memory. A profile without one (e.g. written by `calibrate --device host`) uses the per-class
+host carry below.
+
+How a host-carry prediction is made (`EmulatedDevice.measure`):
 
 1. The model is profiled **on this host at one intra-op thread** with ONNX Runtime's per-node
    profiler (through `LocalDevice.profile_nodes`, in a pinned worker under the host's lease), with
@@ -42,15 +49,33 @@ from edge_search.devices.emulation.carry import (
     breakdown_from_nodes,
     carry,
     check_knobs,
+    predict_physics,
     prediction_stats,
     wants_gpu,
 )
 from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.devices.stats import LatencyStats
-from edge_search.devices.worker.probes import cpu_model
+from edge_search.devices.worker.probes import host_id
 from edge_search.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def host_mismatch(reference_host: str, this_host: str | None = None) -> str | None:
+    """The warning when the host calibration was made on another machine or ONNX Runtime, else None.
+
+    `reference_host` is ``Calibration.reference_host`` ("<cpu model> / onnxruntime <version>"), compared
+    with the same string for this machine (`this_host`, default `host_id()`): comparing it with the CPU
+    name alone, as before, could never match and warned on every prediction."""
+    if not reference_host:
+        return None
+    here = this_host if this_host is not None else host_id()
+    if reference_host.strip() == here.strip():
+        return None
+    return (
+        f"host profile was calibrated on '{reference_host}', this machine is '{here}': "
+        "run `edge-search calibrate --device host`"
+    )
 
 
 class EmulatedDevice(Device):
@@ -80,6 +105,7 @@ class EmulatedDevice(Device):
         self.profile_runs = profile_runs
         self.measure_memory = measure_memory
         self._cache: dict[str, HostBreakdown] = {}
+        self._memory: dict[str, float | None] = {}
 
     @property
     def host(self) -> Device:
@@ -132,18 +158,39 @@ class EmulatedDevice(Device):
         self._cache[key] = bd
         return bd
 
+    def host_peak_memory(self, request: MeasureRequest) -> float | None:
+        """Peak memory of the request's model measured on this host (None when `measure_memory` is off)."""
+        if not self.measure_memory:
+            return None
+        path = Path(request.model_path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        key = f"mem|{digest}|{request.session.graph_optimization}|{sorted(request.shapes.items())}"
+        if key not in self._memory:
+            knobs = SessionKnobs(intra_op_threads=1, graph_optimization=request.session.graph_optimization,
+                                 providers=("CPUExecutionProvider",))
+            mem_req = request.model_copy(update={
+                "session": knobs, "max_time_s": 0.5, "min_samples": 3, "precision_target": 0.5,
+                "warmup_min_runs": 1, "warmup_min_s": 0.0,
+            })
+            self._memory[key] = self.host.measure(mem_req).peak_memory_mb
+        return self._memory[key]
+
     def measure(self, request: MeasureRequest) -> LatencyStats:
         """Predict the request's latency on the target (see the module docstring for the method)."""
         warnings = check_knobs(self.profile, request.session)
+        if self.profile.calibration.physics is not None:
+            path = Path(request.model_path)
+            if not path.is_file():
+                raise InputError(f"{path}: no such model file")
+            shapes = dict(request.shapes) or None
+            return predict_physics(path, self.profile, request.session, shapes,
+                                   self.host_peak_memory(request), warnings)
         gpu = wants_gpu(self.profile, request.session)
         bd = self.host_breakdown(request)
         host = self.host_profile
-        ref = host.calibration.reference_host
-        if ref and ref != cpu_model():
-            warnings.append(
-                f"host profile was calibrated on '{ref}', this machine is '{cpu_model()}': "
-                "run `edge-search calibrate --device host`"
-            )
+        mismatch = host_mismatch(host.calibration.reference_host)
+        if mismatch:
+            warnings.append(mismatch)
         if bd.unmatched_nodes:
             warnings.append(f"{bd.unmatched_nodes} profiled node(s) could not be matched to the graph")
         carried = carry(bd, host, self.profile, request.session.intra_op_threads, gpu)

@@ -88,6 +88,26 @@ PARAM_KEY = re.compile(rf"^(gpu\.)?(overhead_ms|profile_overhead_us|rate\.({_PRE
 SCALING_KEY = re.compile(rf"^(gpu\.)?(({_PREC})(\.({_CLS}))?|{_CLS})$")
 
 
+class PhysicsFit(StrictModel):
+    """The physics model's fitted numbers for one device (`edge_search.devices.emulation.fit`).
+
+    `params` keys: ``cpu.peak.<precision>`` / ``cpu.bandwidth_gb_s`` / ``gpu.peak.<precision>``
+    (the datasheet prior), ``cpu.eff.<precision>.<work class>`` (fraction of the peak ONNX Runtime
+    reaches at one thread), ``cpu.eta.<compute|memory>`` (thread scaling 1 + (n-1) eta),
+    ``cpu.overhead_ms``, ``cpu.node_us``, and per GPU runtime ``gpu.<runtime>.eff.<precision>.<group>``,
+    ``gpu.<runtime>.overhead_ms``, ``gpu.<runtime>.node_us``. `bands` holds the relative half-width
+    of the interval per path (``cpu-fp32``, ``cpu-int8``, ``gpu``) from leave-one-family-out errors;
+    `validation` the held-out figures per path.
+    """
+
+    method: str = "physics-v1"
+    source: str = Field(min_length=1)
+    fitted_at: str = ""
+    params: dict[str, Sourced] = Field(default_factory=dict)
+    bands: dict[str, Sourced] = Field(default_factory=dict)
+    validation: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
 class Calibration(StrictModel):
     """Numbers that carry per-node host time to this device; every number has a source.
 
@@ -121,6 +141,9 @@ class Calibration(StrictModel):
     """The same for the accelerator path, where it has its own calibration."""
     fit_stats: dict[str, float] = Field(default_factory=dict)
     """Figures of the fit that produced the numbers (MAPE, share within ±20 %, n)."""
+    physics: PhysicsFit | None = None
+    """The roofline-prior model fitted to published data (used instead of the per-class host carry
+    when present; see `edge_search.devices.emulation.fit`)."""
 
     @model_validator(mode="after")
     def _check(self) -> Calibration:
@@ -138,7 +161,8 @@ class Calibration(StrictModel):
                 if n < 1 or s.value <= 0:
                     raise ValueError(f"thread scaling {n}: {s.value}: need n >= 1 and a positive speed-up")
         has_numbers = bool(
-            self.params
+            self.physics
+            or self.params
             or self.thread_scaling
             or self.thread_scaling_by
             or self.error_band

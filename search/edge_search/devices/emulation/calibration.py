@@ -600,11 +600,9 @@ A78_OVER_A76_IPC = 1.2
 
 def host_id() -> str:
     """CPU model and ONNX Runtime version: what a host calibration is valid for."""
-    import onnxruntime as ort
+    from edge_search.devices.worker.probes import host_id as probe
 
-    from edge_search.devices.worker.probes import cpu_model
-
-    return f"{cpu_model()} / onnxruntime {ort.__version__}"
+    return probe()
 
 
 def calibrate_host(

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_search.devices.base import NodeTiming, SessionKnobs
-from edge_search.devices.emulation.opclass import class_group, classify_profiled, graph_costs, load_graph
+from edge_search.devices.emulation.opclass import (
+    class_group,
+    classify_profiled,
+    graph_costs,
+    load_graph,
+    model_precision,
+)
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import HostInfo, LatencyStats
 from edge_search.devices.worker.probes import cpu_model
@@ -191,8 +197,11 @@ def prediction_stats(
     method: str,
     peak_memory_mb: float | None,
     extra_warnings: list[str],
+    band_override: float | None = None,
 ) -> LatencyStats:
     band, band_warning = _band(target, gpu)
+    if band_override is not None:
+        band, band_warning = band_override, None
     m = carried.median_ms
     warnings = [*extra_warnings, *carried.warnings, TAIL_WARNING]
     if band_warning:
@@ -264,6 +273,65 @@ def check_knobs(target: DeviceProfile, knobs: SessionKnobs) -> list[str]:
     return warnings
 
 
+def gpu_runtime(target: DeviceProfile, knobs: SessionKnobs) -> str:
+    """The runtime key (`published.PROVIDER_RUNTIME`) a session runs with on `target`."""
+    from edge_search.devices.emulation.published import PROVIDER_RUNTIME
+
+    for prov in knobs.providers:
+        if prov in target.gpu_providers:
+            return PROVIDER_RUNTIME.get(prov, "ort-cuda")
+    return "ort"
+
+
+def predict_physics(
+    model_path: Path,
+    target: DeviceProfile,
+    knobs: SessionKnobs,
+    shapes: dict[str, tuple[int, ...]] | None,
+    peak_memory_mb: float | None,
+    warnings: list[str],
+    method: str = "physics",
+) -> LatencyStats:
+    """Prediction from the model's graph work and the target's physics calibration
+    (`boards.predict_work`): roofline peaks x fitted efficiencies, thread scaling, overheads."""
+    from edge_search.devices.emulation.boards import predict_work
+    from edge_search.devices.emulation.physics import model_work
+
+    gpu = wants_gpu(target, knobs)
+    runtime = gpu_runtime(target, knobs) if gpu else "ort"
+    prec: str = model_precision(graph_costs(model_path, shapes))
+    if prec == "fp16" and not gpu:
+        warnings.append(f"{target.name}: fp16 on the CPU path is predicted with the fp32 rates")
+        prec = "fp32"
+    if gpu and prec == "int8" and target.accelerator is not None and "Maxwell" in target.accelerator.name:
+        raise InputError(f"device '{target.name}': int8 is not supported on its GPU ({target.accelerator.name} "
+                         "has no int8 path); use fp16 or fp32, or the CPU path")
+    if gpu and prec == "int8":
+        warnings.append(f"{target.name}: no published int8 GPU figures; int8 GPU prediction is the fp16 "
+                        "efficiency at the int8 peak (prior only)")
+    work = model_work(model_path, shapes)
+    threads = 1 if gpu else knobs.intra_op_threads
+    pred = predict_work(target, work, prec, threads, runtime)
+    carried = Carried(
+        pred.median_ms,
+        {k: {"target_ms": v} for k, v in pred.parts.items() if k not in ("overhead",)},
+        pred.parts.get("overhead", 0.0),
+        [],
+    )
+    stats = prediction_stats(target, carried, knobs, gpu, method, peak_memory_mb, warnings, band_override=pred.band)
+    ph = target.calibration.physics
+    extra = {
+        **stats.extra,
+        "runtime": runtime,
+        "precision": prec,
+        "work": work.work,
+        "kernels": work.nodes,
+        "calibration_source": ph.source if ph else stats.extra["calibration_source"],
+        "validation": (ph.validation.get(f"cpu-{prec}" if not gpu else "gpu") if ph else None),
+    }
+    return stats.model_copy(update={"extra": extra})
+
+
 def estimate_graph(
     model_path: Path,
     profile: DeviceProfile,
@@ -280,6 +348,8 @@ def estimate_graph(
         raise InputError(f"{path}: no such model file")
     knobs = knobs or SessionKnobs()
     warnings = check_knobs(profile, knobs)
+    if profile.calibration.physics is not None:
+        return predict_physics(path, profile, knobs, shapes, None, warnings, method="graph")
     gpu = wants_gpu(profile, knobs)
     cal = profile.calibration
     total = 0.0

@@ -27,6 +27,18 @@ def cpu_model() -> str:
     return fields.get("model name") or fields.get("Hardware") or fields.get("Processor") or platform.machine()
 
 
+def host_id() -> str:
+    """What a host calibration is valid for: the CPU model and the ONNX Runtime version
+    (``"<cpu model> / onnxruntime <version>"``, the format of ``Calibration.reference_host``)."""
+    try:
+        import onnxruntime as ort
+
+        version = ort.__version__
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        version = "?"
+    return f"{cpu_model()} / onnxruntime {version}"
+
+
 def read_cpu_times(cores: Sequence[int]) -> dict[int, tuple[int, int, int]]:
     """(steal, total, busy) jiffies per core from /proc/stat; empty where unavailable.
 

@@ -1,0 +1,408 @@
+"""Fitting the physics model to measured latencies, and leave-one-family-out bands.
+
+The model (one for every device and path, fitted jointly to all published rows):
+
+    t = overhead + nodes x node_cost + sum_k  W_k / (peak_k x eff_k) / s_k(threads)
+
+- ``W_k``: the model's work in class k (`physics.model_work`: GFLOP, or GB for ``memory``);
+- ``peak_k``: the datasheet roofline (`physics.cpu_peaks` / `gpu_peaks`; the row's clock when it
+  states one): per-core FLOP/s of the precision for compute classes, memory bandwidth for ``memory``;
+- ``eff_k`` = exp(global class efficiency of the path and precision + device offset + device x
+  class deviation + runtime x class-group factor); ONNX Runtime is the reference runtime (factor
+  0) on the CPU, its TensorRT provider on the GPU, so every other runtime (ncnn, XNNPACK, Arm NN,
+  OpenCV, PyTorch, TensorRT, ...) is carried through a fitted ratio per ISA, precision and group;
+- ``s_k(n) = 1 + (n - 1) x eta``, eta per device for compute classes and for bandwidth classes
+  (depthwise, memory), fitted from the rows at 1 and at n threads;
+- ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost.
+
+Every parameter has a Gaussian prior (log space; logit for eta), so a class or runtime with
+little data stays at a physically plausible value; the fit is a least-squares fit of log latency
+(`scipy.optimize.least_squares` with the analytic Jacobian) plus the prior terms.
+
+`lofo` refits once per architecture family with that family held out and predicts it: those
+errors, never in-sample residuals, make the bands (`bands_from_errors`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.stats import spearmanr
+
+from edge_search.devices.emulation.physics import COMPUTE_WORK, WORK_CLASSES, ModelWork
+
+SIGMA_OBS = 0.25
+"""Assumed spread of log latency around the model (published figures of one model on one board
+differ by tens of per cent between sources); scales the data against the priors."""
+RT_GROUPS = ("conv3", "dense", "depthwise", "memory")
+"""Class groups a runtime factor is fitted for: 3x3 convs (Winograd in ncnn/Arm NN/OpenCV), other
+dense compute, depthwise, memory-bound."""
+_RT_GROUP = {"conv3": "conv3", "convk": "dense", "pointwise": "dense", "gemm": "dense",
+             "depthwise": "depthwise", "memory": "memory"}
+_THREAD_GROUP = {k: ("compute" if k in COMPUTE_WORK else "memory") for k in WORK_CLASSES}
+
+# prior means (efficiency is a fraction of the roofline peak) and spreads, log space
+PRIOR_EFF_CPU = {"conv3": 0.3, "convk": 0.2, "pointwise": 0.3, "gemm": 0.3, "depthwise": 0.05, "memory": 0.15}
+PRIOR_EFF_GPU = {"conv3": 0.3, "dense": 0.3, "depthwise": 0.05, "memory": 0.3}
+PRIOR_SD = {"eff": 1.0, "dev": 0.5, "devclass": 0.25, "rt": 0.7, "eta": 1.0, "overhead": 1.5, "node": 1.5,
+            "node_rt": 1.0}
+PRIOR_ETA = {"compute": 0.8, "memory": 0.4}
+PRIOR_OVERHEAD_MS = {"cpu": 0.2, "gpu": 1.0}
+PRIOR_NODE_US = {"cpu": 10.0, "gpu": 30.0}
+PRIOR_RT_GPU = {"tensorrt": (0.0, 0.3), "ort-cuda": (math.log(0.5), 0.7)}
+"""GPU runtimes with an informed prior: TensorRT itself is close to ORT's TensorRT provider; the
+CUDA provider is slower (no layer fusion across kernels)."""
+
+
+@dataclass(frozen=True)
+class Obs:
+    """One latency to fit or predict: a model's work on a device, path, precision, runtime, threads."""
+
+    device: str
+    path: str  # "cpu" | "gpu"
+    precision: str
+    runtime: str
+    threads: int
+    isa: str  # "arm" | "x86"
+    peaks: dict[str, float]  # precision -> GFLOP/s per core (CPU) or device (GPU); "memory" -> GB/s
+    work: ModelWork
+    family: str
+    latency_ms: float = math.nan
+    rid: str = ""
+    model: str = ""
+
+
+@dataclass
+class Prior:
+    """Names, prior means and spreads of every parameter."""
+
+    names: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    sd: list[float] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+
+    def get(self, name: str, mean: float, sd: float) -> int:
+        if name not in self.index:
+            self.index[name] = len(self.names)
+            self.names.append(name)
+            self.mean.append(mean)
+            self.sd.append(sd)
+        return self.index[name]
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _row_terms(o: Obs, pr: Prior, reference: str) -> tuple[list[list[int]], list[int], list[int], list[int]]:
+    """Parameter indices of one row: per class the efficiency terms, per class eta, overhead, node cost."""
+    eff: list[list[int]] = []
+    eta: list[int] = []
+    d, p, path = o.device, o.precision, o.path
+    for k in WORK_CLASSES:
+        g = _RT_GROUP[k]
+        if path == "cpu":
+            terms = [
+                pr.get(f"eff.cpu.{p}.{k}", math.log(PRIOR_EFF_CPU[k]), PRIOR_SD["eff"]),
+                pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev"]),
+                pr.get(f"dev.{d}.cpu.{p}.{k}", 0.0, PRIOR_SD["devclass"]),
+            ]
+            if o.runtime != reference:
+                terms.append(pr.get(f"rt.{o.runtime}.{o.isa}.{p}.{g}", 0.0, PRIOR_SD["rt"]))
+            grp = _THREAD_GROUP[k]
+            eta.append(pr.get(f"eta.{d}.{grp}", _logit(PRIOR_ETA[grp]), PRIOR_SD["eta"]))
+        else:
+            terms = [
+                pr.get(f"eff.gpu.{p}.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
+                pr.get(f"dev.{d}.gpu", 0.0, PRIOR_SD["dev"]),
+            ]
+            if o.runtime != reference:
+                m, s = PRIOR_RT_GPU.get(o.runtime, (0.0, PRIOR_SD["rt"]))
+                terms.append(pr.get(f"rt.{o.runtime}.gpu.{g}", m, s))
+            eta.append(-1)
+        eff.append(terms)
+    over = [pr.get(f"overhead.{d}.{path}", math.log(PRIOR_OVERHEAD_MS[path]), PRIOR_SD["overhead"])]
+    node = [pr.get(f"node.{d}.{path}", math.log(PRIOR_NODE_US[path]), PRIOR_SD["node"])]
+    if o.runtime != reference:
+        over.append(pr.get(f"overhead_rt.{o.runtime}.{path}", 0.0, PRIOR_SD["node_rt"]))
+        node.append(pr.get(f"node_rt.{o.runtime}.{path}", 0.0, PRIOR_SD["node_rt"]))
+    return eff, eta, over, node
+
+
+@dataclass
+class Design:
+    """The rows in matrix form: log base rates, work, threads, and sparse maps rows -> parameters."""
+
+    prior: Prior
+    logbase: np.ndarray  # (n, K)
+    work: np.ndarray  # (n, K)
+    nodes: np.ndarray  # (n,)
+    threads: np.ndarray  # (n,)
+    a_eff: list[np.ndarray]  # K x (n, P), 0/1
+    a_eta: list[np.ndarray]  # K x (n, P)
+    a_over: np.ndarray
+    a_node: np.ndarray
+    has_eta: np.ndarray  # (n, K) bool
+
+
+def design(rows: Sequence[Obs], prior: Prior | None = None, cpu_ref: str = "ort", gpu_ref: str = "ort-trt") -> Design:
+    """Build the design matrices of `rows` (parameters are added to `prior` as they are met)."""
+    pr = prior or Prior()
+    n, kk = len(rows), len(WORK_CLASSES)
+    logbase = np.zeros((n, kk))
+    work = np.zeros((n, kk))
+    eff_ij: list[list[tuple[int, int]]] = [[] for _ in range(kk)]
+    eta_ij: list[list[tuple[int, int]]] = [[] for _ in range(kk)]
+    over_ij: list[tuple[int, int]] = []
+    node_ij: list[tuple[int, int]] = []
+    has_eta = np.zeros((n, kk), dtype=bool)
+    for i, o in enumerate(rows):
+        eff, eta, over, node = _row_terms(o, pr, cpu_ref if o.path == "cpu" else gpu_ref)
+        for j, k in enumerate(WORK_CLASSES):
+            peak = o.peaks["memory"] if k == "memory" else o.peaks[o.precision]
+            logbase[i, j] = math.log(peak)
+            work[i, j] = o.work.work.get(k, 0.0)
+            eff_ij[j] += [(i, t) for t in eff[j]]
+            if eta[j] >= 0:
+                eta_ij[j].append((i, eta[j]))
+                has_eta[i, j] = True
+        over_ij += [(i, t) for t in over]
+        node_ij += [(i, t) for t in node]
+
+    def mat(ij: list[tuple[int, int]]) -> np.ndarray:
+        m = np.zeros((n, len(pr.names)))
+        for r, c in ij:
+            m[r, c] += 1.0
+        return m
+
+    return Design(pr, logbase, work, np.array([o.work.nodes for o in rows], float),
+                  np.array([o.threads for o in rows], float), [mat(x) for x in eff_ij], [mat(x) for x in eta_ij],
+                  mat(over_ij), mat(node_ij), has_eta)
+
+
+def _pad(a: np.ndarray, p: int) -> np.ndarray:
+    if a.shape[1] == p:
+        return a
+    return np.hstack([a, np.zeros((a.shape[0], p - a.shape[1]))])
+
+
+def predict_terms(d: Design, theta: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Predicted latency (ms) of each row and its parts (overhead, nodes, per class)."""
+    p = theta.size
+    over = np.exp(_pad(d.a_over, p) @ theta)
+    node = d.nodes * np.exp(_pad(d.a_node, p) @ theta) / 1000.0
+    parts = {"overhead": over, "nodes": node}
+    total = over + node
+    for j, k in enumerate(WORK_CLASSES):
+        rate = np.exp(d.logbase[:, j] + _pad(d.a_eff[j], p) @ theta)
+        eta = 1.0 / (1.0 + np.exp(-(_pad(d.a_eta[j], p) @ theta)))
+        s = np.where(d.has_eta[:, j], 1.0 + (d.threads - 1.0) * eta, 1.0)
+        t = d.work[:, j] / rate * 1000.0 / s
+        parts[k] = t
+        total = total + t
+    return total, parts
+
+
+def _jacobian(d: Design, theta: np.ndarray) -> np.ndarray:
+    """d log(t) / d theta for every row (dense)."""
+    total, parts = predict_terms(d, theta)
+    jac = d.a_over * parts["overhead"][:, None] + d.a_node * parts["nodes"][:, None]
+    for j, k in enumerate(WORK_CLASSES):
+        t = parts[k]
+        jac -= d.a_eff[j] * t[:, None]
+        eta = 1.0 / (1.0 + np.exp(-(d.a_eta[j] @ theta)))
+        s = np.where(d.has_eta[:, j], 1.0 + (d.threads - 1.0) * eta, 1.0)
+        ds = (d.threads - 1.0) * eta * (1.0 - eta) / s
+        jac -= d.a_eta[j] * (t * ds)[:, None]
+    return jac / total[:, None]
+
+
+@dataclass
+class FitResult:
+    """Fitted parameters (name -> value), their prior, and how many rows informed the fit."""
+
+    theta: np.ndarray
+    prior: Prior
+    n_rows: int
+    cost: float
+
+    def value(self, name: str) -> float | None:
+        i = self.prior.index.get(name)
+        return None if i is None else float(self.theta[i])
+
+
+def fit(rows: Sequence[Obs], sigma: float = SIGMA_OBS) -> FitResult:
+    """Fit every parameter the rows touch, regularised toward its prior (module docstring)."""
+    d = design(rows)
+    pr = d.prior
+    mean, sd = np.array(pr.mean), np.array(pr.sd)
+    y = np.log(np.array([o.latency_ms for o in rows]))
+
+    def resid(th: np.ndarray) -> np.ndarray:
+        t, _ = predict_terms(d, th)
+        return np.concatenate([(np.log(t) - y) / sigma, (th - mean) / sd])
+
+    def jac(th: np.ndarray) -> np.ndarray:
+        return np.vstack([_jacobian(d, th) / sigma, np.diag(1.0 / sd)])
+
+    res = least_squares(resid, mean.copy(), jac=jac, method="lm", xtol=1e-6, ftol=1e-6)
+    return FitResult(res.x, pr, len(rows), float(res.cost))
+
+
+def predict(result: FitResult, rows: Sequence[Obs]) -> np.ndarray:
+    """Predicted latency (ms) of `rows` with a fitted result; unseen parameters sit at their prior."""
+    pr = Prior(list(result.prior.names), list(result.prior.mean), list(result.prior.sd), dict(result.prior.index))
+    d = design(rows, pr)
+    theta = np.concatenate([result.theta, np.array(pr.mean[len(result.theta):])])
+    t, _ = predict_terms(d, theta)
+    return t
+
+
+# --- leave-one-family-out ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Held:
+    """A row predicted by a fit that never saw its family."""
+
+    obs: Obs
+    predicted_ms: float
+    runtime_seen: bool = True
+    """False when no training row had this runtime (on this path, ISA and precision): the row then
+    tests an unseen runtime, not an unseen family, and is reported apart."""
+
+    @property
+    def log_error(self) -> float:
+        return math.log(self.predicted_ms / self.obs.latency_ms)
+
+
+def lofo(rows: Sequence[Obs], families: Iterable[str] | None = None,
+         progress: Callable[[str], None] | None = None) -> list[Held]:
+    """Refit with each family held out and predict it (only the given families, default all)."""
+    fams = sorted(set(families) if families is not None else {o.family for o in rows})
+    out: list[Held] = []
+    for i, fam in enumerate(fams):
+        test = [o for o in rows if o.family == fam]
+        train = [o for o in rows if o.family != fam]
+        if not test or not train:
+            continue
+        if progress:
+            progress(f"leave-one-family-out {i + 1}/{len(fams)}: {fam} ({len(test)} rows)")
+        res = fit(train)
+        seen = {runtime_key(o) for o in train}
+        out += [Held(o, float(p), runtime_key(o) in seen or o.runtime in REFERENCE_RUNTIMES)
+                for o, p in zip(test, predict(res, test), strict=True)]
+    return out
+
+
+REFERENCE_RUNTIMES = ("ort", "ort-trt")
+
+
+def runtime_key(o: Obs) -> tuple[str, str, str, str]:
+    """What a runtime factor is fitted for: runtime, path, ISA, precision."""
+    return (o.runtime, o.path, o.isa, o.precision if o.path == "cpu" else "")
+
+
+BAND_QUANTILE = 0.85
+"""Quantile of held-out |log error| that sets a band (coverage target: 80 %)."""
+MIN_BAND_ROWS = 8
+
+
+def band_key(o: Obs) -> str:
+    """The band a row belongs to: ``<device>/<path>-<precision>`` (GPU fp16/fp32 together)."""
+    return f"{o.device}/{o.path}-{o.precision}" if o.path == "cpu" else f"{o.device}/gpu"
+
+
+def _kind(key: str) -> str:
+    return key.split("/", 1)[1]
+
+
+def band_of(errors: Sequence[float], quantile: float = BAND_QUANTILE) -> float:
+    """Relative half-width b of ``[t/(1+b), t(1+b)]`` covering `quantile` of the |log errors|."""
+    return math.exp(float(np.quantile(np.abs(errors), quantile))) - 1.0 if len(errors) else math.nan
+
+
+def bands_from_errors(held: Sequence[Held], exclude_family: str | None = None) -> dict[str, float]:
+    """Band per device/path from held-out errors (another family's when `exclude_family` is set);
+    groups with fewer than `MIN_BAND_ROWS` errors take the band of their path over all devices."""
+    by: dict[str, list[float]] = {}
+    kind: dict[str, list[float]] = {}
+    for h in held:
+        if h.obs.family == exclude_family or not h.runtime_seen:
+            continue
+        k = band_key(h.obs)
+        by.setdefault(k, []).append(h.log_error)
+        kind.setdefault(_kind(k), []).append(h.log_error)
+    keys = {band_key(h.obs) for h in held}
+    out = {}
+    for k in keys:
+        e = by.get(k, [])
+        if len(e) < MIN_BAND_ROWS:
+            e = e + kind.get(_kind(k), [])
+        out[k] = band_of(e)
+    return out
+
+
+def figures(held: Sequence[Held], nested_bands: bool = True) -> dict[str, dict[str, float]]:
+    """Per device/path: n, median |error|, share within ±25/30 %, coverage, Spearman rho.
+
+    Rows whose runtime no training row had (`Held.runtime_seen` False) are counted apart
+    (``unseen_runtime_rows``): the product predicts ONNX Runtime, which is always seen.
+
+    Coverage uses, for each row, the band computed without its own family (nested), so a family
+    never sets the interval it is judged by."""
+    fams = {h.obs.family for h in held}
+    nested = {f: bands_from_errors(held, exclude_family=f) for f in fams} if nested_bands else {}
+    flat = bands_from_errors(held)
+    by: dict[str, list[Held]] = {}
+    unseen: dict[str, int] = {}
+    for h in held:
+        if h.runtime_seen:
+            by.setdefault(band_key(h.obs), []).append(h)
+        else:
+            unseen[band_key(h.obs)] = unseen.get(band_key(h.obs), 0) + 1
+    out = {}
+    for k, hs in sorted(by.items()):
+        rel = np.array([h.predicted_ms / h.obs.latency_ms - 1.0 for h in hs])
+        cover = []
+        for h in hs:
+            b = (nested[h.obs.family] if nested_bands else flat).get(k, math.nan)
+            lo, hi = h.predicted_ms / (1 + b), h.predicted_ms * (1 + b)
+            cover.append(lo <= h.obs.latency_ms <= hi)
+        pairs = ([h.predicted_ms for h in hs], [h.obs.latency_ms for h in hs])
+        rho = spearmanr(*pairs).statistic if len(hs) > 2 else math.nan
+        out[k] = {
+            "n": float(len(hs)),
+            "families": float(len({h.obs.family for h in hs})),
+            "median_abs_err": float(np.median(np.abs(rel))),
+            "within_25": float(np.mean(np.abs(rel) <= 0.25)),
+            "within_30": float(np.mean(np.abs(rel) <= 0.30)),
+            "coverage": float(np.mean(cover)),
+            "band": float(flat.get(k, math.nan)),
+            "spearman_rho": float(rho),
+            "unseen_runtime_rows": float(unseen.get(k, 0)),
+        }
+    return out
+
+
+__all__ = [
+    "BAND_QUANTILE",
+    "Design",
+    "FitResult",
+    "Held",
+    "Obs",
+    "Prior",
+    "band_key",
+    "band_of",
+    "bands_from_errors",
+    "design",
+    "figures",
+    "fit",
+    "lofo",
+    "predict",
+    "predict_terms",
+]

@@ -1,0 +1,119 @@
+"""The physics model: priors, leave-one-family-out bands, the published-data reader, predictions per profile."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_search.devices.base import SessionKnobs
+from edge_search.devices.emulation import fit as F
+from edge_search.devices.emulation.carry import estimate_graph
+from edge_search.devices.emulation.physics import ModelWork, model_work
+from edge_search.devices.emulation.published import read_all, read_v2
+from edge_search.devices.profile import load_profiles
+from tests.devices.tiny_conv import tiny_conv
+
+PEAKS = {"fp32": 10.0, "int8": 20.0, "fp16": 10.0, "memory": 5.0}
+
+
+def _obs(family: str, gflop: float, ms: float, threads: int = 1, runtime: str = "ort") -> F.Obs:
+    work = ModelWork({"conv3": gflop, "pointwise": gflop / 2}, nodes=10, gflops=1.5 * gflop)
+    return F.Obs("board", "cpu", "fp32", runtime, threads, "arm", PEAKS, work, family, ms)
+
+
+def test_a_class_without_data_stays_at_its_prior() -> None:
+    rows = [_obs(f"fam{i % 3}", g, 1000 * 1.5 * g / 10 / 0.6) for i, g in enumerate((0.5, 1, 2, 4, 8, 16))]
+    res = F.fit(rows)
+    # no row has depthwise or memory work: the fit leaves their efficiency exactly at the prior
+    assert res.value("eff.cpu.fp32.depthwise") == pytest.approx(math.log(F.PRIOR_EFF_CPU["depthwise"]), abs=1e-6)
+    assert res.value("eff.cpu.fp32.memory") == pytest.approx(math.log(F.PRIOR_EFF_CPU["memory"]), abs=1e-6)
+    # the dense classes move from the prior (0.3) toward the data (0.6 of the peak)
+    eff = math.exp(res.value("eff.cpu.fp32.conv3") + res.value("dev.board.cpu.fp32")  # type: ignore[operator]
+                   + res.value("dev.board.cpu.fp32.conv3"))
+    assert 0.4 < eff < 0.8
+    # an unseen device predicts from the prior alone, finite and positive
+    other = F.Obs("other", "cpu", "fp32", "ort", 1, "arm", PEAKS, rows[0].work, "x")
+    assert F.predict(res, [other])[0] > 0
+
+
+def test_lofo_never_fits_the_held_out_family_and_bands_are_nested() -> None:
+    rng = np.random.default_rng(0)
+    rows = []
+    for fam, bias in (("a", 0.0), ("b", 0.0), ("c", 0.0), ("odd", 0.7)):
+        for g in (0.5, 1.0, 2.0, 4.0):
+            ms = 1000 * 1.5 * g / 10 / 0.5 * math.exp(bias + rng.normal(0, 0.02))
+            rows.append(_obs(fam, g, ms))
+    held = F.lofo(rows)
+    assert len(held) == len(rows) and {h.obs.family for h in held} == {"a", "b", "c", "odd"}
+    odd = [h for h in held if h.obs.family == "odd"]
+    assert all(h.log_error < -0.4 for h in odd)  # the fit without "odd" cannot know its bias
+    nested = F.bands_from_errors(held, exclude_family="odd")
+    flat = F.bands_from_errors(held)
+    assert nested["board/cpu-fp32"] < flat["board/cpu-fp32"]  # "odd" does not widen its own band
+    figs = F.figures(held)["board/cpu-fp32"]
+    assert figs["n"] == len(rows) and 0 <= figs["coverage"] <= 1
+    assert figs["coverage"] <= (len(rows) - len(odd)) / len(rows)  # "odd" falls outside its nested band
+
+
+def test_band_of_is_the_quantile_of_log_errors() -> None:
+    errs = [math.log(1.1)] * 17 + [math.log(3.0)] * 3
+    assert F.band_of(errs, 0.80) == pytest.approx(0.1, abs=1e-9)
+    assert F.band_of(errs, 0.99) > 1.5
+    assert math.isnan(F.band_of([]))
+
+
+def test_published_reader_excludes_with_reasons(tmp_path: Path) -> None:
+    head = ("device,cpu_or_gpu,runtime,runtime_version,model,input,batch,precision,threads,latency_ms,stat,source,"
+            "note,device_group\n")
+    body = [
+        "Raspberry Pi 4 (Cortex-A72 x4),CPU,ncnn (benchncnn),x,SqueezeNet v1.1,1x3x227x227,1,fp32,4,46,mean,src1,,g",
+        "Raspberry Pi 4 (Cortex-A72 x4),CPU,ncnn (benchncnn),x,MobileNetV2,1x3x224x224,1,fp32,4,40,mean,src2,"
+        "DUBIOUS: odd,g",
+        "PROXY Intel Celeron N5105,CPU,OpenVINO,x,MobileNetV2,1x3x224x224,1,fp32,4,9,mean,src3,,g",
+        "Jetson Nano,GPU Maxwell,ncnn (vulkan),x,MobileNetV2,1x3x224x224,1,int8,-,9,mean,src4,"
+        "int8 layers likely run on CPU,g",
+        "Raspberry Pi 5,CPU,ONNX Runtime,x,YuNet face detector,WxH=160x120,1,fp32,4,9,mean,src5,,g",
+    ]
+    path = tmp_path / "v2.csv"
+    path.write_text("# comment line\n" + head + "\n".join(body) + "\n")
+    rows = read_v2(path)
+    assert [r.used for r in rows] == [True, False, False, False, False]
+    assert rows[0].model == "squeezenet1_1@227" and rows[0].runtime == "ncnn" and rows[0].rid == f"{path.name}:3"
+    assert rows[1].excluded.startswith("note marks the row dubious")
+    assert "Tremont" in rows[2].excluded
+    assert "falls back to the CPU" in rows[3].excluded
+    assert rows[4].excluded.startswith("no suite architecture for 'YuNet")
+
+
+def test_packaged_published_data_reads_with_provenance() -> None:
+    rows = read_all()
+    assert sum(1 for r in rows if r.rid.startswith("published_latency_v2.csv")) == 939
+    used = [r for r in rows if r.used]
+    assert len(used) > 600 and all(r.source and r.model for r in used)
+    assert not any(r.model and r.model.startswith("resnet") and r.path == "cpu" for r in used)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_conv(tmp_path_factory.mktemp("phys") / "tiny.onnx")
+
+
+def test_model_work_splits_classes(tiny: Path) -> None:
+    w = model_work(tiny)
+    assert w.work["conv3"] > 0 and w.work["depthwise"] > 0 and w.work["pointwise"] > 0 and w.work["gemm"] > 0
+    assert w.nodes >= 4
+
+
+def test_every_emulated_profile_predicts_the_tiny_model_with_an_interval(tiny: Path) -> None:
+    for name, p in load_profiles().items():
+        if p.latency.method != "emulated":
+            continue
+        s = estimate_graph(tiny, p, SessionKnobs(intra_op_threads=p.cpu.cores))
+        assert s.source == "emulated" and s.ci_low_ms < s.median_ms < s.ci_high_ms, name
+        assert s.extra["validation"] is not None or name == "intel-n100"
+        if p.gpu_providers:
+            g = estimate_graph(tiny, p, SessionKnobs(providers=(p.gpu_providers[0],)))
+            assert g.extra["path"] == "gpu" and g.ci_low_ms < g.median_ms < g.ci_high_ms
