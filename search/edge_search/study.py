@@ -237,6 +237,8 @@ class StudySession:
         trial.set_user_attr(TrialRecord.LATENCY_SOURCE, result.latency_source)
         trial.set_user_attr(TrialRecord.LATENCY, TrialRecord.latency_summary(result.latency))
         trial.set_user_attr(TrialRecord.DEPLOYABLE_PATH, str(result.deployable))
+        if result.input_shapes:
+            trial.set_user_attr(TrialRecord.INPUT_SHAPES, result.input_shapes)
         if result.val_curve:
             trial.set_user_attr(TrialRecord.VAL_CURVE, TrialRecord.curve_attr(result.val_curve))
         if result.infeasible:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from edge_search.bundle import runtime
@@ -28,8 +29,9 @@ def _tiny_model(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def _front(folder: Path, configs: list[tuple[float, float]]) -> Path:
-    """A `--pareto` bundle folder with one tiny model per (accuracy, latency_ms) configuration."""
+def _front(folder: Path, configs: list[tuple[float, float]], shapes: list[list[int]] | None = None) -> Path:
+    """A `--pareto` bundle folder with one tiny model per (accuracy, latency_ms) configuration,
+    measured at `shapes[i]` (default [1, 4] each)."""
     entries = []
     for i, (acc, lat) in enumerate(configs):
         sub = folder / f"trial-{i:04d}"
@@ -40,7 +42,8 @@ def _front(folder: Path, configs: list[tuple[float, float]]) -> Path:
                     "session_options": {"intra_op_threads": 1, "inter_op_threads": 1,
                                         "graph_optimization": "all", "execution_mode": "sequential",
                                         "allow_spinning": False},
-                    "inputs": [{"name": "input", "type": "tensor(float)", "shape": [1, 4]}],
+                    "inputs": [{"name": "input", "type": "tensor(float)",
+                                "shape": shapes[i] if shapes else [1, 4]}],
                     "latency": {"median_ms": lat, "source": "measured", "device": "test"}}
         (sub / "bundle.json").write_text(json.dumps(manifest))
         entries.append({"trial": i, "dir": sub.name, "accuracy": acc, "latency_ms": lat})
@@ -93,6 +96,17 @@ def test_switching_runtime_holds_the_target_under_a_slowdown_and_returns(tmp_pat
     assert moves == [(0.99, 0.97, "over target"), (0.97, 0.99, "headroom")], moves
     slow_tail = [lat for q, lat, _ in seen if q == 1 and not np.isnan(lat)][-100:]
     assert np.median(slow_tail) <= 8.0
+
+
+def test_switching_runtime_refuses_a_front_without_one_input_spec(tmp_path: Path) -> None:
+    """Configurations measured at other input shapes (a searched batch size or resolution) cannot
+    take the same feeds: the runtime says so instead of failing mid-switch."""
+    folder = _front(tmp_path / "front", [(0.99, 2.0), (0.9, 1.0)], shapes=[[1, 4], [8, 4]])
+    with pytest.raises(ValueError, match=r"trial 0: input tensor\(float\) \[1, 4\]; trial 1: input "
+                                         r"tensor\(float\) \[8, 4\]"):
+        open_runtime(folder, target_ms=5.0)
+    same = _front(tmp_path / "same", [(0.99, 2.0), (0.9, 1.0)], shapes=[[8, 4], [8, 4]])
+    assert isinstance(open_runtime(same, target_ms=5.0), SwitchingRuntime)
 
 
 def test_controller_backs_off_when_predictions_keep_failing() -> None:
