@@ -181,3 +181,20 @@ def test_no_calibration_data_is_input_error(task: OnnxModelTask, monkeypatch: py
     monkeypatch.setattr(task, "calibration_batches", lambda n, b=1: iter(()))
     with pytest.raises(InputError, match="calibration data"):
         analyse_sensitivity(task.model_path, task, SETTINGS)
+
+
+def test_analysis_leaves_no_temporary_folder(task: OnnxModelTask, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cache and without one (the report is then memoised in the process), the command and
+    the library remove every temporary folder they made."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    report = analyse_sensitivity(task.model_path, task, SETTINGS)
+    assert report.ranking and report.calibration_file is None
+    assert analyse_sensitivity(task.model_path, task, SETTINGS) is report  # memoised, not redone
+    assert main(["sensitivity", str(task.model_path), "--data", str(tmp_path / "d.npz"), "--no-latency",
+                 "--calibration-size", "16", "--eval-size", "8", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert sorted(p.name for p in scratch.iterdir()) == []
