@@ -15,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509  # the dev extra: certificates are made in the test
 
 from edge_search.cli import main
 from tests.agent.conftest import TOKEN, auth, free_port
-
-x509 = pytest.importorskip("cryptography.x509", reason="the TLS test makes its certificates with cryptography")
 
 
 def _ca(folder: Path, name: str) -> tuple[object, object]:
