@@ -18,7 +18,7 @@ def test_missing_requirement_skips_or_fails_as_the_environment_says(monkeypatch:
     with pytest.raises(pytest.skip.Exception, match="no x here"):
         require("no x here", "EDGE_SEARCH_REQUIRE_X")
     monkeypatch.setenv("EDGE_SEARCH_REQUIRE_X", "1")
-    with pytest.raises(pytest.fail.Exception, match="no x here.*required here"):
+    with pytest.raises(pytest.fail.Exception, match=r"no x here.*required here"):
         require("no x here", "EDGE_SEARCH_REQUIRE_X")
 
 
