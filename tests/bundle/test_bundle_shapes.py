@@ -158,3 +158,26 @@ def test_check_takes_shapes_from_the_file_or_the_command_line(dynamic_model: Pat
     assert "--shape y: no model of the check has such an input" in _one_line_error(capsys)
     assert _check(workdir, budgets, "--shape", "x=1,4,9,9") == 2  # 3 channels are fixed by the model
     assert "dimension 1 is fixed to 3" in _one_line_error(capsys)
+
+
+def test_input_spec_of_trials_recorded_before_shapes_were_kept(tmp_path: Path) -> None:
+    """Older trials have no `input_shapes` attribute: the measurement's own record of its feeds is
+    used, else a symbolic batch axis is the trial's batch size; anything else is a one-line error."""
+    from edge_search.bundle.export import _input_spec
+    from edge_search.errors import InputError
+
+    old = optuna.trial.create_trial(values=[1.0], user_attrs={})
+    image = conv_classifier(tmp_path / "image.onnx")  # x: [n, 3, h, w]
+    stats = {"extra": {"input_shapes": {"x": [2, 3, 10, 10]}}}
+    assert _input_spec(image, old, stats, 2)[0]["shape"] == [2, 3, 10, 10]
+    with pytest.raises(InputError, match=r"input 'x' has symbolic dimensions beyond the batch \(h, w\)"):
+        _input_spec(image, old, None, 1)
+    rows = tmp_path / "rows.onnx"  # x: [batch, 4]: only the batch axis is open
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "rows",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(rows))
+    assert _input_spec(rows, old, None, 8) == [{"name": "x", "type": "tensor(float)", "dims": ["batch", "4"],
+                                                 "shape": [8, 4]}]
+    recorded = optuna.trial.create_trial(values=[1.0], user_attrs={"input_shapes": {"x": [3, 4]}})
+    assert _input_spec(rows, recorded, stats, 8)[0]["shape"] == [3, 4]  # the trial's record wins

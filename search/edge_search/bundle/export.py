@@ -128,13 +128,13 @@ def _input_spec(model: Path, trial: FrozenTrial, stats: Mapping[str, Any] | None
         dims = list(spec.dims)
         if dims and not (isinstance(dims[0], int) and dims[0] >= 0):
             dims[0] = batch_size
-        if all(isinstance(d, int) and d >= 0 for d in dims):
-            measured[spec.name] = dims
-    try:
-        concrete = resolve_shapes(specs, measured)
-    except InputError as err:
-        raise InputError(f"trial {trial.number}: the measured input shapes are not recorded ({err}); "
-                         "rerun the trial with this version of edge-search to record them") from None
+        open_dims = [str(spec.dims[i]) for i, d in enumerate(dims) if not (isinstance(d, int) and d >= 0)]
+        if open_dims:
+            raise InputError(f"trial {trial.number}: input '{spec.name}' has symbolic dimensions beyond the batch "
+                             f"({', '.join(open_dims)}) and the trial does not record the shape it was measured "
+                             "at; rerun the trial with this version of edge-search to record it")
+        measured[spec.name] = dims
+    concrete = resolve_shapes(specs, measured)
     return [{"name": s.name, "type": s.type, "dims": [str(d) for d in s.dims], "shape": list(concrete[s.name])}
             for s in specs]
 
