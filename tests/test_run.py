@@ -221,8 +221,9 @@ constraints: ["latency_ms <= 0.000001"]
 def test_early_stop_through_the_cli_marks_a_dominated_trial_as_stopped(workdir: Path, tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     """`edge-search run --early-stop`: after two finished trials of a small network that learns, a
-    four-times-wider network (slower, so they are at least as fast) that learns nothing (lr 1e-5)
-    is stopped at the first rung (epoch 2), recorded as PRUNED with its reason, and does not count;
+    four-times-wider network deployed at batch 64 (far slower, so they are at least as fast) that
+    learns nothing (lr 1e-5) is stopped at the first rung (epoch 2), recorded as PRUNED with its
+    reason, and does not count;
     the run still ends with exactly N finished trials. The trial order is fixed with Optuna's
     public `enqueue_trial`; everything else is the command."""
     space = tmp_path / "es.yaml"
@@ -231,12 +232,13 @@ schema_version: 1
 name: es
 task: digits-cnn
 train: {epochs: 8, width: {choices: [0.5, 2.0]}, depth: 1, lr: {choices: [0.02, 0.00001]}}
-deploy: {intra_op_threads: 1}
+deploy: {intra_op_threads: 1, batch_size: {choices: [1, 64]}}
 objectives: [accuracy, latency_ms]
 """)
     study = optuna.create_study(study_name="es-host", storage="sqlite:///edge-search.db",
                                 directions=["maximize", "minimize"])
-    good, bad = {"train.width": 0.5, "train.lr": 0.02}, {"train.width": 2.0, "train.lr": 0.00001}
+    good = {"train.width": 0.5, "train.lr": 0.02, "deploy.batch_size": 1}
+    bad = {"train.width": 2.0, "train.lr": 0.00001, "deploy.batch_size": 64}
     for params in (good, good, bad, good):
         study.enqueue_trial(params)
     assert main(["run", "--space", str(space), "--trials", "3", "--early-stop", *FAST_MEASURE]) == 0

@@ -117,6 +117,7 @@ objectives: [fidelity_top1, latency_ms]
     assert version.run_id is not None
     got = Path(client.download_artifacts(version.run_id, "bundle/bundle.json", str(workdir)))
     assert json.loads(got.read_text())["inputs"][0]["shape"] == _expected_shape(case, first.user_attrs["config_params"])
+    capsys.readouterr()  # MLflow's download progress
 
     # the bare model file has symbolic dimensions: an explicit shape is needed, and the error says how
     model = workdir / f"bundle-{trials[0].number}" / "model.onnx"
