@@ -50,4 +50,24 @@ constraints:
 
 FAST_MEASURE = ["--max-measure-time", "1", "--precision-target", "0.05"]
 
+
+def require(missing: str | None, env: str) -> None:
+    """Skip the calling test when `missing` (why an optional service or extra is unavailable here),
+    unless `env` is set to 1: then the test fails instead (CI sets it for everything it installs,
+    so a broken install cannot pass as skipped tests)."""
+    if missing is None:
+        return
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{missing} ({env}=1: required here)")
+    pytest.skip(f"{missing} (set {env}=1 to make this a failure)")
+
+
+def ray_missing() -> str | None:
+    """Why the Ray tests cannot run here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed: pip install -e '.[ray]'"
+    return None
+
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

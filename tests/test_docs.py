@@ -16,6 +16,10 @@ def test_readme_is_an_entry_page() -> None:
     assert len(text.encode()) <= 12 * 1024
     assert 'pip install -e ".[torch]" && edge-search run --device host --trials 24' in text
     assert 'pip install -e ".[dev]" && python -m pytest -q' in text
+    # ... and what the tests it skips need (the extras and services), and how CI makes them required
+    for needed in ("`ray` extra", "`postgres` extra", "$EDGE_SEARCH_TEST_POSTGRES", "`chromium-driver`",
+                   "EDGE_SEARCH_REQUIRE_POSTGRES", "`_BROWSER`", "`_RAY`"):
+        assert needed in text, needed
     from edge_search.cli import COMMANDS
 
     assert all(f"`edge-search {name}`" in text for name in COMMANDS), "the command table lists every command"

@@ -188,9 +188,9 @@ def test_sigkill_then_rerun_ends_with_exact_count(workdir: Path, small_space: Pa
     _assert_pareto_tags_match_dominance("digits-small-host")
 
 
-def test_latency_gate_and_early_stop_mark_trials_as_stopped(workdir: Path, tmp_path: Path) -> None:
-    """The gate skips training for configurations that surely miss a latency bound; early stop ends
-    training of trials dominated part-way. Both are PRUNED with a reason and do not count."""
+def test_latency_gate_marks_trials_as_stopped(workdir: Path, tmp_path: Path) -> None:
+    """The gate skips training for configurations that surely miss a latency bound: PRUNED with a
+    reason, not counted. (And the early-stop rule's decisions; the CLI path is the next test.)"""
     from edge_search.pipeline import EarlyStopRule
 
     rule = EarlyStopRule(peers=lambda: [({2: 0.99, 4: 0.99, 8: 0.99}, 0.0001)] * 2)
@@ -216,3 +216,37 @@ constraints: ["latency_ms <= 0.000001"]
     assert pruned and all(t.user_attrs["stopped"] == "latency-gate" for t in pruned)
     assert "not trained" in pruned[0].user_attrs["invalid_reason"]
     assert not study.get_trials(states=(TrialState.COMPLETE,))
+
+
+def test_early_stop_through_the_cli_marks_a_dominated_trial_as_stopped(workdir: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge-search run --early-stop`: after two finished trials of a small network that learns, a
+    four-times-wider network deployed at batch 64 (far slower, so they are at least as fast) that
+    learns nothing (lr 1e-5) is stopped at the first rung (epoch 2), recorded as PRUNED with its
+    reason, and does not count;
+    the run still ends with exactly N finished trials. The trial order is fixed with Optuna's
+    public `enqueue_trial`; everything else is the command."""
+    space = tmp_path / "es.yaml"
+    space.write_text("""\
+schema_version: 1
+name: es
+task: digits-cnn
+train: {epochs: 8, width: {choices: [0.5, 2.0]}, depth: 1, lr: {choices: [0.02, 0.00001]}}
+deploy: {intra_op_threads: 1, batch_size: {choices: [1, 64]}}
+objectives: [accuracy, latency_ms]
+""")
+    study = optuna.create_study(study_name="es-host", storage="sqlite:///edge-search.db",
+                                directions=["maximize", "minimize"])
+    good = {"train.width": 0.5, "train.lr": 0.02, "deploy.batch_size": 1}
+    bad = {"train.width": 2.0, "train.lr": 0.00001, "deploy.batch_size": 64}
+    for params in (good, good, bad, good):
+        study.enqueue_trial(params)
+    assert main(["run", "--space", str(space), "--trials", "3", "--early-stop", *FAST_MEASURE]) == 0
+    assert "3 finished trials" in capsys.readouterr().out
+    trials = optuna.load_study(study_name="es-host", storage="sqlite:///edge-search.db").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,
+                                         TrialState.COMPLETE]
+    stopped = trials[2]
+    assert stopped.params == bad and stopped.user_attrs["stopped"] == "early-stop"
+    assert "dominated at epoch 2" in stopped.user_attrs["invalid_reason"]
+    assert all(t.user_attrs["val_curve"] for t in trials if t.state == TrialState.COMPLETE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 from edge_search.cache import ArtifactCache, content_key, file_sha256
 from edge_search.config import DeployConfig, TrialConfig, check_deploy
 from edge_search.devices.base import Device, MeasureRequest
+from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InvalidConfig
@@ -101,6 +102,8 @@ class TrialResult:
     """Reasons this configuration cannot be deployed on the device (e.g. does not fit in memory)."""
     val_curve: dict[int, float] = field(default_factory=dict)
     """Validation accuracy after each training epoch (trainable tasks), for early stopping."""
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    """The concrete shape of every model input the latency was measured at (what export records)."""
 
     @property
     def latency_source(self) -> str:
@@ -183,6 +186,7 @@ class Pipeline:
             quality, hits["evaluate"] = self._evaluate(deploy_dir, deploy, task)
         with _timed(timings, "measure"):
             latency, hits["measure"] = self._measure(deployable, deploy, task)
+            input_shapes = measured_shapes(deployable, task.input_shapes(deploy.batch_size))
 
         metrics: dict[str, float] = {**quality, **latency.summary(), "size_mb": _model_size_mb(deployable)}
         infeasible: list[str] = []
@@ -191,7 +195,7 @@ class Pipeline:
             infeasible.append(f"peak memory {latency.peak_memory_mb:.0f} MB exceeds the device's "
                               f"{self.profile.usable_memory_mb:.0f} MB usable RAM")
         return TrialResult(metrics=metrics, latency=latency, deployable=deployable, timings=timings,
-                           cache_hits=hits, infeasible=infeasible, val_curve=val_curve)
+                           cache_hits=hits, infeasible=infeasible, val_curve=val_curve, input_shapes=input_shapes)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -298,6 +302,12 @@ class Pipeline:
         stats = self.device.measure(request)
         self.cache.write_json("measurements", key, stats.model_dump(mode="json"))
         return stats, False
+
+
+def measured_shapes(model: Path, shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """Every input of `model` with the concrete shape a measurement with `shapes` feeds it (the
+    declared static shape where `shapes` has no entry)."""
+    return {name: list(shape) for name, shape in resolve_shapes(specs_from_onnx(model), shapes).items()}
 
 
 def _normalise_artifact(artifact: ModelArtifact, folder: Path) -> None:

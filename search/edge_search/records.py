@@ -84,6 +84,8 @@ class TrialRecord:
     LATENCY = "latency"
     """A summary of the trial's `LatencyStats` (`latency_summary`); the raw samples are in MLflow."""
     DEPLOYABLE_PATH = "deployable_path"
+    INPUT_SHAPES = "input_shapes"
+    """Input name -> the concrete shape the latency was measured at (every input; export records it)."""
     VAL_CURVE = "val_curve"
     """Validation accuracy per epoch (``{"1": 0.8, ...}``), for early stopping."""
     INFEASIBLE = "infeasible"
@@ -132,6 +134,11 @@ class TrialRecord:
     @property
     def deployable_path(self) -> str:
         return str(self.attrs.get(self.DEPLOYABLE_PATH, ""))
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        """The measured input shapes; empty for trials recorded before they were kept."""
+        return {str(k): [int(d) for d in v] for k, v in (self.attrs.get(self.INPUT_SHAPES) or {}).items()}
 
     @property
     def val_curve(self) -> dict[int, float]:

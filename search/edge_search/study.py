@@ -62,6 +62,32 @@ def make_storage(url: str | None) -> optuna.storages.BaseStorage:
 
 
 
+def open_existing_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """The storage at `url` to read studies that exist, creating nothing: no SQLite file, no tables.
+
+    For commands that read a study (`pareto`, `report`, `export`, `promote`). Raises `InputError`
+    when there is no database there, or it holds no Optuna tables.
+    """
+    url = absolute_sqlite(url or DEFAULT_STORAGE)
+    if "://" not in url:
+        raise InputError(f"--storage '{url}' is not a database URL (e.g. sqlite:///edge-search.db)")
+    shown = url.split("@")[-1]  # never a password
+    if url.startswith("sqlite:///") and ":memory:" not in url and not Path(url[len("sqlite:///"):]).is_file():
+        raise InputError(f"no study database at {url[len('sqlite:///'):]} (`edge-search run` creates it; "
+                         "--storage names another)")
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+    except ModuleNotFoundError as err:
+        raise InputError(f"--storage {url.split(':')[0]}: driver not installed ({err.name}); "
+                         "for PostgreSQL: pip install 'edge-search[postgres]'") from None
+    except optuna.exceptions.StorageInternalError:  # reading the schema version failed: no tables
+        raise InputError(f"no Optuna study database at {shown} (no study tables there; `edge-search run` "
+                         "creates them)") from None
+    except Exception as err:  # sqlalchemy.exc.OperationalError and friends
+        raise InputError(f"--storage {shown}: cannot open: {str(err).splitlines()[0]}") from None
+
+
 @dataclass
 class Owner:
     host: str
@@ -237,6 +263,8 @@ class StudySession:
         trial.set_user_attr(TrialRecord.LATENCY_SOURCE, result.latency_source)
         trial.set_user_attr(TrialRecord.LATENCY, TrialRecord.latency_summary(result.latency))
         trial.set_user_attr(TrialRecord.DEPLOYABLE_PATH, str(result.deployable))
+        if result.input_shapes:
+            trial.set_user_attr(TrialRecord.INPUT_SHAPES, result.input_shapes)
         if result.val_curve:
             trial.set_user_attr(TrialRecord.VAL_CURVE, TrialRecord.curve_attr(result.val_curve))
         if result.infeasible:

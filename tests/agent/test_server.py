@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -141,29 +141,36 @@ def test_token_file_is_created_private(tmp_path: Path) -> None:
     assert ensure_token(tmp_path / "t") == (token, False)
 
 
+def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait until `condition()` holds (a state change of another thread), failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
 def test_slot_queue_serves_lower_priority_first() -> None:
     q: SlotQueue[str] = SlotQueue(["board"])
     assert q.acquire(10) == "board"
-    order: list[int] = []
+    order: list[str] = []
 
-    def wait(priority: int) -> None:
+    def wait(label: str, priority: int) -> None:
         slot = q.acquire(priority, timeout=10)
         assert slot == "board"
-        order.append(priority)
-        time.sleep(0.02)
+        order.append(label)
         q.release(slot)
 
     threads = []
-    for p in (10, 10, 0, 5):  # a search trial, another, a CI check, something between
-        t = threading.Thread(target=wait, args=(p,))
+    for label, p in (("trial-a", 10), ("trial-b", 10), ("ci", 0), ("between", 5)):
+        t = threading.Thread(target=wait, args=(label, p))
         t.start()
         threads.append(t)
-        time.sleep(0.05)
-    assert q.waiting == 4
+        _until(lambda: q.waiting == len(threads))  # queued before the next one arrives
     q.release("board")
     for t in threads:
         t.join(10)
-    assert order == [0, 5, 10, 10]
+    # by priority; equal priorities first come, first served
+    assert order == ["ci", "between", "trial-a", "trial-b"]
     assert q.acquire(1, timeout=0.01) == "board"
     assert q.acquire(1, timeout=0.05) is None  # held: times out
 

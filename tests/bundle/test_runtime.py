@@ -7,12 +7,12 @@ import itertools
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from edge_search.bundle import runtime
@@ -28,8 +28,9 @@ def _tiny_model(path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def _front(folder: Path, configs: list[tuple[float, float]]) -> Path:
-    """A `--pareto` bundle folder with one tiny model per (accuracy, latency_ms) configuration."""
+def _front(folder: Path, configs: list[tuple[float, float]], shapes: list[list[int]] | None = None) -> Path:
+    """A `--pareto` bundle folder with one tiny model per (accuracy, latency_ms) configuration,
+    measured at `shapes[i]` (default [1, 4] each)."""
     entries = []
     for i, (acc, lat) in enumerate(configs):
         sub = folder / f"trial-{i:04d}"
@@ -40,7 +41,8 @@ def _front(folder: Path, configs: list[tuple[float, float]]) -> Path:
                     "session_options": {"intra_op_threads": 1, "inter_op_threads": 1,
                                         "graph_optimization": "all", "execution_mode": "sequential",
                                         "allow_spinning": False},
-                    "inputs": [{"name": "input", "type": "tensor(float)", "shape": [1, 4]}],
+                    "inputs": [{"name": "input", "type": "tensor(float)",
+                                "shape": shapes[i] if shapes else [1, 4]}],
                     "latency": {"median_ms": lat, "source": "measured", "device": "test"}}
         (sub / "bundle.json").write_text(json.dumps(manifest))
         entries.append({"trial": i, "dir": sub.name, "accuracy": acc, "latency_ms": lat})
@@ -48,19 +50,30 @@ def _front(folder: Path, configs: list[tuple[float, float]]) -> Path:
     return folder
 
 
-class Slowable:
-    """Wraps a session: each run also sleeps the configuration's base latency times a shared factor,
-    as a throttled or loaded device would make every configuration proportionally slower."""
+class FakeClock:
+    """The runtime's clock, advanced only by the simulated inference time (no sleeping, no noise)."""
 
-    def __init__(self, session: Any, base_ms: float, factor: list[float]) -> None:
-        self.session, self.base_ms, self.factor = session, base_ms, factor
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Slowable:
+    """Wraps a session: each run takes the configuration's base latency times a shared factor on
+    the injected clock, as a throttled or loaded device makes every configuration proportionally
+    slower."""
+
+    def __init__(self, session: Any, base_ms: float, factor: list[float], clock: FakeClock) -> None:
+        self.session, self.base_ms, self.factor, self.clock = session, base_ms, factor, clock
 
     def get_inputs(self) -> Any:
         return self.session.get_inputs()
 
     def run(self, outputs: Any, feeds: Any) -> Any:
         out = self.session.run(outputs, feeds)
-        time.sleep(self.base_ms * self.factor[0] / 1000.0)
+        self.clock.now += self.base_ms * self.factor[0] / 1000.0
         return out
 
 
@@ -69,30 +82,44 @@ def test_switching_runtime_holds_the_target_under_a_slowdown_and_returns(tmp_pat
     base = {0.99: 4.0, 0.97: 2.0, 0.90: 0.7}
     folder = _front(tmp_path / "front", [(a, lat) for a, lat in base.items()])
     factor = [1.0]
+    clock = FakeClock()
     rt = SwitchingRuntime(
-        load_front(folder), target_ms=8.0, window=8, headroom=0.15, min_dwell_s=0.4,
-        session_factory=lambda b: Slowable(runtime.open_session(b), base[b.accuracy], factor))
+        load_front(folder), target_ms=8.0, window=8, headroom=0.15, min_dwell_s=0.4, clock=clock,
+        session_factory=lambda b: Slowable(runtime.open_session(b), base[b.accuracy], factor, clock))
     feeds = rt.current.example_feeds()
     phases: list[tuple[float, float]] = [(1.0, 1.2), (2.5, 2.0), (1.0, 2.0)]  # (slowdown, seconds)
+    starts: list[float] = []
     seen: list[tuple[int, float, int]] = []  # (phase, latency ms, configuration index)
     for p, (f, seconds) in enumerate(phases):
         factor[0] = f
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t0 = time.perf_counter()
-            idx = rt.controller.current
+        starts.append(clock.now)
+        while clock.now < starts[-1] + seconds:
+            t0, idx = clock.now, rt.controller.current
             rt.run(feeds)
-            seen.append((p, (time.perf_counter() - t0) * 1000.0, idx))
-        seen.append((p, float("nan"), rt.controller.current))
-    moves = [(rt.bundles[s.from_index].accuracy, rt.bundles[s.to_index].accuracy, s.reason)
-             for s in rt.switches]
-    ends = [next(i for q, lat, i in reversed(seen) if q == p and np.isnan(lat)) for p in range(3)]
+            seen.append((p, (clock.now - t0) * 1000.0, idx))
+    ends = [next(i for q, _, i in reversed(seen) if q == p) for p in range(3)]
+    moves = [(rt.bundles[s.from_index].accuracy, rt.bundles[s.to_index].accuracy, s.reason) for s in rt.switches]
     assert [rt.bundles[i].accuracy for i in ends] == [0.99, 0.97, 0.99], moves
     # exactly one move down (to the most accurate configuration that fits, not the fastest) and
     # one back up once the slowdown is over: no flapping
     assert moves == [(0.99, 0.97, "over target"), (0.97, 0.99, "headroom")], moves
-    slow_tail = [lat for q, lat, _ in seen if q == 1 and not np.isnan(lat)][-100:]
-    assert np.median(slow_tail) <= 8.0
+    down, up = rt.switches
+    # down as soon as most of the window (5 of 8) is slow: the fifth 10 ms inference of the slowdown
+    assert down.at_s == pytest.approx(starts[1] + 5 * 0.010) and down.slowdown == pytest.approx(2.5)
+    # up as soon as most of the window is back at normal speed (the dwell of 0.4 s has long passed)
+    assert up.at_s == pytest.approx(starts[2] + 5 * 0.002) and up.slowdown == pytest.approx(1.0)
+    assert max(lat for q, lat, i in seen if q == 1 and rt.bundles[i].accuracy == 0.97) <= 8.0
+
+
+def test_switching_runtime_refuses_a_front_without_one_input_spec(tmp_path: Path) -> None:
+    """Configurations measured at other input shapes (a searched batch size or resolution) cannot
+    take the same feeds: the runtime says so instead of failing mid-switch."""
+    folder = _front(tmp_path / "front", [(0.99, 2.0), (0.9, 1.0)], shapes=[[1, 4], [8, 4]])
+    with pytest.raises(ValueError, match=r"trial 0: input tensor\(float\) \[1, 4\]; trial 1: input "
+                                         r"tensor\(float\) \[8, 4\]"):
+        open_runtime(folder, target_ms=5.0)
+    same = _front(tmp_path / "same", [(0.99, 2.0), (0.9, 1.0)], shapes=[[8, 4], [8, 4]])
+    assert isinstance(open_runtime(same, target_ms=5.0), SwitchingRuntime)
 
 
 def test_controller_backs_off_when_predictions_keep_failing() -> None:

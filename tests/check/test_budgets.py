@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edge_search.check.budgets import Budget, load_budgets, parse_budget
@@ -210,6 +211,25 @@ def test_relative_fail_needs_the_u_test_to_agree() -> None:
     d = decide_relative("m", rel(5), _flat([1.0, 1.1, 1.0, 1.05]), _flat([1.2, 1.32, 1.2, 1.26]))
     assert d.status == "fail"
     assert any("emulated" in n for n in d.notes)
+
+
+def _tight_rounds(medians: list[float]) -> list[LatencyStats]:
+    """Rounds of 200 samples each, tightly around each round's median (a stable process)."""
+    return [LatencyStats.from_samples(list(np.linspace(0.999, 1.001, 200) * m), device="host") for m in medians]
+
+
+def test_relative_u_test_counts_rounds_not_samples() -> None:
+    """Every candidate round is 6 % slower than its baseline round, but the rounds overlap: one
+    process of each side lands as high as most of the other's. Rounds are the unit, so this is
+    too close to call; over the 800 pooled samples a U test would call it certain."""
+    base, cand = _tight_rounds([1.0, 1.12, 1.0, 1.12]), _tight_rounds([1.06, 1.18, 1.06, 1.18])
+    d = decide_relative("m", rel(5), base, cand)
+    assert d.low > 1.05  # the paired interval alone would fail it
+    assert d.p_value is not None and d.p_value > 0.05 and d.status == "warn"
+    assert compare(pooled(base), pooled(cand)).p_value_slower < 1e-9  # what pooling would have claimed
+    two = _tight_rounds([1.0, 1.01])  # two rounds a side can never reach p < 0.05: said in a note
+    d = decide_relative("m", rel(5), two, _tight_rounds([1.2, 1.21]))
+    assert d.status == "warn" and any("cannot make the U test reach" in n for n in d.notes)
 
 
 def test_stored_baseline_from_another_machine_warns_instead_of_failing() -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_search.bundle.resolve import resolve_model
 from edge_search.check.baseline import load_baseline
 from edge_search.check.budgets import BudgetsFile, parse_budgets
-from edge_search.check.models import evaluate_accuracy, resolve_model
+from edge_search.check.models import evaluate_accuracy
 from edge_search.check.runner import baseline_from, check_model, run_check, save_baseline
 from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.stats import HostInfo, LatencySource, LatencyStats

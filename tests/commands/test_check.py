@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import runpy
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from edge_search.commands import check as check_command
-from edge_search.errors import EdgeSearchError
+from edge_search.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 build_reference_model = runpy.run_path(str(ROOT / "scripts/make_reference_model.py"))["build_reference_model"]
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run `edge-search check` as the CLI does (`edge_search.cli.main`'s error handling)."""
-    try:
-        from edge_search.cli import main
-
-        code = main(["check", *argv])
-    except ModuleNotFoundError:  # another command of the table is not importable in this checkout
-        parser = argparse.ArgumentParser(prog="edge-search check")
-        check_command.configure(parser)
-        try:
-            code = check_command.run(parser.parse_args(argv))
-        except EdgeSearchError as error:
-            print(f"edge-search check: error: {error}", file=sys.stderr)
-            code = error.exit_code
+    """Run `edge-search check` through the real command table (`edge_search.cli.main`)."""
+    code = main(["check", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

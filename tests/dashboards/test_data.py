@@ -62,6 +62,18 @@ def test_hypervolume_matches_brute_force_2d(seed: int) -> None:
     assert hypervolume(pts, ref) == pytest.approx(_brute_force_2d(pts, ref), rel=1e-12, abs=1e-15)
 
 
+@pytest.mark.parametrize(("points", "ref", "volume"), [
+    ([[1, 2], [2, 1]], [3, 3], 3.0),                          # two 2x1 boxes overlapping in a unit square
+    ([[1, 1, 1]], [2, 2, 2], 1.0),
+    ([[0, 1, 1], [1, 0, 1]], [2, 2, 2], 3.0),                 # 2 + 2 - the shared unit cube
+    ([[0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5]], [1, 1, 1, 1], 1.0),  # the second point is dominated
+    ([[0, 0, 0, 1], [0, 0, 1, 0]], [2, 2, 2, 2], 8 + 8 - 4),  # 2*2*2*1 each, shared 2*2*1*1
+])
+def test_hypervolume_known_values(points: list[list[float]], ref: list[float], volume: float) -> None:
+    """Exact values worked out by hand (inclusion-exclusion of the dominated boxes), in 2-4 objectives."""
+    assert hypervolume(np.array(points, dtype=float), np.array(ref, dtype=float)) == pytest.approx(volume, rel=1e-12)
+
+
 def test_hypervolume_drops_points_beyond_the_reference() -> None:
     ref = np.array([1.0, 1.0])
     assert hypervolume(np.array([[2.0, 0.0], [0.5, 1.0]]), ref) == 0.0

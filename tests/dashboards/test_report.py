@@ -13,6 +13,7 @@ import pytest
 
 from edge_search.cli import main
 from edge_search.pareto import pareto_points
+from tests.conftest import require
 from tests.dashboards import browser
 from tests.shipping_study import STUDY, enter, shipping_study
 
@@ -50,8 +51,8 @@ def test_unknown_study_is_one_line_exit_2(report: Path, capsys: pytest.CaptureFi
     assert len(err) == 1 and "no study named 'nope'" in err[0]
 
 
-@pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
 def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    require(browser.missing(), "EDGE_SEARCH_REQUIRE_BROWSER")
     with browser.chromium() as driver:
         driver.get(report.as_uri())
         deadline = time.monotonic() + 30

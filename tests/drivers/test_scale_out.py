@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import FAST_MEASURE
+from tests.conftest import FAST_MEASURE, ray_missing, require
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_killed_process_on_postgres_is_recovered(workdir: Path, small_space: Pat
 
 
 def test_ray_worker_killed_mid_trial_loses_nothing(workdir: Path, small_space: Path) -> None:
-    pytest.importorskip("ray", reason="Ray is an optional back-end: pip install 'edge-search[ray]'")
+    require(ray_missing(), "EDGE_SEARCH_REQUIRE_RAY")
     n, storage = 5, "sqlite:///edge-search.db"
     proc = subprocess.Popen(_cmd(small_space, "ray-kill", storage, n, "--backend", "ray", "--workers", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -76,7 +76,23 @@ def test_pruned_then_quantised_keeps_metadata_and_runs(task: DigitsCnnTask, fp32
     deploy = DeployConfig(sparsity=0.3, precision="int8-static")
     MagnitudePruneTransform().apply(fp32.onnx_path, tmp_path / "p.onnx", deploy, task)
     QuantizeTransform().apply(tmp_path / "p.onnx", tmp_path / "q.onnx", deploy, task)
-    assert 0.0 <= task.evaluate(tmp_path / "q.onnx")["accuracy"] <= 1.0
+
+    def metadata(path: Path) -> dict[str, str]:
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+    # the pruning record survives quantisation unchanged
+    assert metadata(tmp_path / "q.onnx")[METADATA_KEY] == metadata(tmp_path / "p.onnx")[METADATA_KEY]
+    assert json.loads(metadata(tmp_path / "q.onnx")[METADATA_KEY])["sparsity"] == 0.3
+    # and so do the zeros: each pruned weight is stored int8 with at least its pruned share of zeros
+    pruned = {k: float((v == 0).mean()) for k, v in _inits(tmp_path / "p.onnx").items() if v.ndim >= 2}
+    quantised = _inits(tmp_path / "q.onnx")
+    assert pruned and all(v >= 0.3 for v in pruned.values())
+    for name, share in pruned.items():
+        q = quantised[f"{name}_quantized"]
+        assert q.dtype == np.int8 and float((q == 0).mean()) >= share, name
+    # it runs and scores like the pruned float model it came from
+    pruned_acc = task.evaluate(tmp_path / "p.onnx")["accuracy"]
+    assert abs(task.evaluate(tmp_path / "q.onnx")["accuracy"] - pruned_acc) <= 0.05
 
 
 def test_matmul_weights_are_pruned(task: DigitsCnnTask, tmp_path: Path) -> None:

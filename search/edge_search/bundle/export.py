@@ -3,14 +3,15 @@
 A bundle is a folder:
 
 - `model.onnx`: the deployable model (from the artifact cache, else the trial's MLflow run);
-- `bundle.json`: the exact ONNX Runtime session options, the input spec at the measured batch
-  size, the latency with its source (measured/emulated) and device, the accuracy and every metric,
-  the trial's knobs, and provenance (study, space hash, task and version, package versions);
+- `bundle.json`: the exact ONNX Runtime session options, every input with the concrete shape its
+  latency was measured at (`predict`, `measure` and `check` take the shapes from there), the
+  latency with its source (measured/emulated) and device, the accuracy and every metric, the
+  trial's knobs, and provenance (study, space hash, task and version, package versions);
 - `latency_stats.json`: the full `LatencyStats` (raw samples) when the trial's MLflow run has it;
 - `runtime.py`: `edge_search.bundle.runtime`, which runs the bundle with numpy + onnxruntime only.
 
 `export_front` writes one bundle per front configuration under `trial-NNNN/` plus `front.json`,
-which `edge_search.runtime.SwitchingRuntime` switches between.
+which `edge_search.bundle.runtime.SwitchingRuntime` switches between.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from edge_search import __version__
 from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_KIND, BUNDLE_SCHEMA, FRONT_FILE, FRONT_KIND, MODEL_FILE
 from edge_search.cache import file_sha256
+from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.errors import InputError
 from edge_search.pareto import front_trials, is_feasible, objective_names
 from edge_search.records import StudyRecord, TrialRecord
@@ -106,19 +109,34 @@ def _model_file(trial: FrozenTrial, tracker: Tracker | None, base_dir: Path, dst
                      "in its MLflow run (only front trials carry it); rerun the study to rebuild the cache")
 
 
-def _input_spec(model: Path, batch_size: int) -> list[dict[str, Any]]:
-    import onnxruntime as ort
+def _input_spec(model: Path, trial: FrozenTrial, stats: Mapping[str, Any] | None,
+                batch_size: int) -> list[dict[str, Any]]:
+    """Each input's name, type, declared dims and the concrete shape its latency was measured at.
 
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    specs = []
-    for i in sess.get_inputs():
-        dims = [d if isinstance(d, int) else None for d in i.shape]
-        shape = [batch_size if (k == 0 and d is None) else d for k, d in enumerate(dims)]
-        if any(d is None for d in shape):
-            raise InputError(f"{model}: input '{i.name}' has a symbolic dimension beyond the batch: "
-                             f"{i.shape}")
-        specs.append({"name": i.name, "type": i.type, "dims": [str(d) for d in i.shape], "shape": shape})
-    return specs
+    The shapes come from the trial's record (`TrialRecord.input_shapes`), else from the measurement
+    itself (`latency_stats.json`'s ``extra.input_shapes``: trials recorded before the record kept
+    them); only when neither has them is a symbolic batch axis taken as the trial's batch size.
+    Raises `InputError` naming the input when a symbolic dimension is still unknown.
+    """
+    specs = specs_from_onnx(model)
+    measured: dict[str, Any] = dict(((stats or {}).get("extra") or {}).get("input_shapes") or {})
+    measured.update(TrialRecord.of(trial).input_shapes)
+    measured = {k: v for k, v in measured.items() if k in {s.name for s in specs}}
+    for spec in specs:
+        if spec.name in measured or spec.is_static:
+            continue
+        dims = list(spec.dims)
+        if dims and not (isinstance(dims[0], int) and dims[0] >= 0):
+            dims[0] = batch_size
+        open_dims = [str(spec.dims[i]) for i, d in enumerate(dims) if not (isinstance(d, int) and d >= 0)]
+        if open_dims:
+            raise InputError(f"trial {trial.number}: input '{spec.name}' has symbolic dimensions beyond the batch "
+                             f"({', '.join(open_dims)}) and the trial does not record the shape it was measured "
+                             "at; rerun the trial with this version of edge-search to record it")
+        measured[spec.name] = dims
+    concrete = resolve_shapes(specs, measured)
+    return [{"name": s.name, "type": s.type, "dims": [str(d) for d in s.dims], "shape": list(concrete[s.name])}
+            for s in specs]
 
 
 def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, Any] | None,
@@ -154,7 +172,7 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
         "study": study.study_name, "trial": trial.number,
         "model": {"file": MODEL_FILE, "sha256": file_sha256(model), "size_bytes": model.stat().st_size},
         "session_options": session,
-        "inputs": _input_spec(model, batch), "batch_size": batch,
+        "inputs": _input_spec(model, trial, stats, batch), "batch_size": batch,
         "latency": latency,
         "accuracy": metrics.get(primary), "accuracy_metric": primary, "metrics": metrics,
         "objectives": {n: v for n, v in zip(names, trial.values or (), strict=True)},

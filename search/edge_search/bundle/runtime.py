@@ -155,6 +155,23 @@ def load_front(path: str | Path) -> list[Bundle]:
     return [load_bundle(folder / entry["dir"]) for entry in front["configurations"]]
 
 
+def check_one_input_spec(bundles: Sequence[Bundle]) -> None:
+    """Raise `ValueError` unless every bundle takes the same inputs (names, types, shapes): the
+    switching runtime feeds whichever configuration is current the same arrays."""
+    def spec(b: Bundle) -> list[tuple[str, str, tuple[int, ...]]]:
+        return [(str(i.get("name")), str(i.get("type")), tuple(int(d) for d in i.get("shape") or ()))
+                for i in b.inputs]
+
+    def text(b: Bundle) -> str:
+        return ", ".join(f"{n} {t} {list(sh)}" for n, t, sh in spec(b)) or "no inputs"
+
+    for b in bundles[1:]:
+        if spec(b) != spec(bundles[0]):
+            raise ValueError(f"the front's configurations take different inputs (trial {bundles[0].trial}: "
+                             f"{text(bundles[0])}; trial {b.trial}: {text(b)}), so one input cannot be "
+                             "switched between them; export single trials, or a front of one input shape")
+
+
 def session_options(opts: Mapping[str, Any]) -> ort.SessionOptions:
     """`SessionOptions` with every knob set explicitly, as the measurement worker set them."""
     so = ort.SessionOptions()
@@ -295,7 +312,9 @@ class SwitchingRuntime:
     def __init__(self, bundles: Sequence[Bundle], target_ms: float, *,
                  session_factory: Callable[[Bundle], Any] = open_session,
                  clock: Callable[[], float] = time.perf_counter, **controller: Any) -> None:
+        """Raises `ValueError` when `bundles` do not share one input spec (`check_one_input_spec`)."""
         self.bundles = list(bundles)
+        check_one_input_spec(self.bundles)
         self.runtimes = [Runtime(b, session_factory(b)) for b in self.bundles]
         self.clock = clock
         self.controller = LatencyController([(b.accuracy, b.latency_ms) for b in self.bundles], target_ms,

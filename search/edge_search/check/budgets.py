@@ -168,6 +168,7 @@ class ModelSpec(StrictModel):
     baseline_session: SessionKnobs | None = None
     """Knobs of the baseline side (default: the model's), e.g. to guard a thread-count change."""
     shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    """Concrete shapes of inputs with dynamic dimensions (over the file's `shapes` and a bundle's own)."""
     evaluation: EvaluationSpec | None = None
     budgets: dict[str, BudgetValue] = Field(default_factory=dict)
 
@@ -187,6 +188,8 @@ class BudgetsFile(StrictModel):
     schema_version: int
     device: str = "host"
     session: SessionKnobs = SessionKnobs()
+    shapes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+    """Input shapes for every model that has an input of that name (a model's own `shapes` win)."""
     measurement: MeasurementSpec = MeasurementSpec()
     defaults: dict[str, BudgetValue] = Field(default_factory=dict)
     """Budgets every model gets unless it sets the same metric itself."""

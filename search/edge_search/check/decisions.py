@@ -16,6 +16,7 @@ from edge_search.check.statistics import (
     absolute_interval,
     metric_value,
     paired_ratio_interval,
+    smallest_u_p,
     u_test_slower,
     unpaired_ratio_interval,
 )
@@ -87,8 +88,10 @@ def decide_relative(model: str, budget: Budget, baseline: Sequence[LatencyStats]
     `paired`: rounds were measured interleaved in this job (round i of each side back to back);
     otherwise (a stored baseline) they are compared unpaired. Fail needs the ratio's interval wholly
     above ``1 + allowed`` and the one-sided U test below `alpha` (`Comparison.slower_than`); pass
-    needs the interval wholly at or below the limit; anything else warns. `comparable` False (the
-    baseline came from another machine or runtime) turns a failure into a warning.
+    needs the interval wholly at or below the limit; anything else warns. The U test runs over the
+    per-round values (rounds, not samples, are independent); when too few rounds are there for it
+    to reach `alpha` at all, a note says so. `comparable` False (the baseline came from another
+    machine or runtime) turns a failure into a warning.
     """
     metric = budget.metric
     base_v = [metric_value(s, metric) for s in baseline]
@@ -117,6 +120,9 @@ def decide_relative(model: str, budget: Budget, baseline: Sequence[LatencyStats]
     else:
         status = "warn"
         msg = f"{metric} {change}: cannot tell whether it is within {budget.text} on this runner"
+    if status == "warn" and iv.low > limit and smallest_u_p(len(base_v), len(cand_v)) >= alpha:
+        notes.append(f"{len(base_v)} and {len(cand_v)} rounds cannot make the U test reach p < {alpha:g} "
+                     "(it compares rounds); more rounds (max_rounds) are needed for this to fail")
     if source == "emulated":
         notes.append("latency is emulated: the ratio assumes the calibration error is common to both models")
     return Decision(model, budget, status, iv.value, iv.low, iv.high, limit, "x", msg, p_slower, source,

@@ -18,15 +18,17 @@ Runtime version can warn but never fail.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_search.bundle.resolve import ResolvedModel, resolve_model
 from edge_search.check.baseline import BaselineEntry, BaselineFile, comparable_hosts
 from edge_search.check.budgets import MEASURED_METRICS, Budget, BudgetsFile, ModelSpec
 from edge_search.check.decisions import Decision, decide_model, exit_code
-from edge_search.check.models import ResolvedModel, evaluate_accuracy, model_size_mb, resolve_model
+from edge_search.check.models import evaluate_accuracy, model_size_mb
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
+from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import InputError
 
@@ -103,10 +105,34 @@ def _noise_note(rounds: Sequence[LatencyStats]) -> list[str]:
     return [f"{len(warned)} of {len(rounds)} measurements warned, e.g. '{warned[0].warnings[0]}'"]
 
 
+def input_shapes(resolved: ResolvedModel, spec: BudgetsFile, model: ModelSpec,
+                 shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, tuple[int, ...]]:
+    """The concrete shape of every input of a resolved model: what its bundle records, overridden
+    by the file's `shapes`, the model's `shapes` and the command line's `shapes` (``--shape``).
+
+    The file's and the command line's shapes apply to inputs of that name only; a model's own must
+    name its inputs. Raises `InputError` naming the model when a dynamic dimension is left open.
+    """
+    specs = specs_from_onnx(resolved.onnx_path)
+    names = {s.name for s in specs}
+    given = resolved.shapes_with({k: v for k, v in spec.shapes.items() if k in names}, model.shapes,
+                                 {k: v for k, v in (shapes or {}).items() if k in names})
+    try:
+        return resolve_shapes(specs, given)
+    except InputError as err:
+        raise InputError(f"model '{model.display_name}' ({resolved.onnx_path}): {err}, or in the budgets file "
+                         "(shapes: {NAME: [D0, D1, ...]}; a bundle folder from `edge-search export` "
+                         "records them)") from None
+
+
 def check_model(spec: BudgetsFile, model: ModelSpec, factory: DeviceFactory, *,
                 baseline_model: Path | None = None, stored: BaselineEntry | None = None,
-                stored_origin: str = "", progress: Progress | None = None) -> ModelResult:
-    """Measure one model (interleaved with its baseline model, if any) and decide its budgets."""
+                stored_origin: str = "", progress: Progress | None = None,
+                shapes: Mapping[str, Sequence[int]] | None = None) -> ModelResult:
+    """Measure one model (interleaved with its baseline model, if any) and decide its budgets.
+
+    `shapes` (``--shape``) override the input shapes of every model side (see `input_shapes`).
+    """
     t0 = time.monotonic()
     say = progress or (lambda _msg: None)
     name = model.display_name
@@ -114,19 +140,20 @@ def check_model(spec: BudgetsFile, model: ModelSpec, factory: DeviceFactory, *,
     m = spec.measurement
     cand = resolve_model(model.model)
     session = model.session or cand.session or spec.session
-    shapes = {**cand.shapes, **model.shapes}
 
-    def request(path: Path, knobs: SessionKnobs) -> MeasureRequest:
-        return MeasureRequest(model_path=path, session=knobs, shapes=shapes,
+    def request(resolved: ResolvedModel, knobs: SessionKnobs) -> MeasureRequest:
+        return MeasureRequest(model_path=resolved.onnx_path, session=knobs,
+                              shapes=input_shapes(resolved, spec, model, shapes),
                               precision_target=m.precision_target, max_time_s=m.max_time_s,
                               warmup_min_s=0.1, priority=0)
 
     base_path = model.baseline_model or baseline_model
     base: ResolvedModel | None = resolve_model(base_path) if base_path is not None else None
-    cand_req = request(cand.onnx_path, session)
+    measured = _needs_rounds(budgets)
+    cand_req = request(cand, session) if measured else None
     base_req = None
-    if base is not None:
-        base_req = request(base.onnx_path, model.baseline_session or base.session or session)
+    if base is not None and measured:
+        base_req = request(base, model.baseline_session or base.session or session)
 
     result = ModelResult(name, model.model, [], size_mb=model_size_mb(cand.onnx_path))
     if base is not None:
@@ -142,9 +169,8 @@ def check_model(spec: BudgetsFile, model: ModelSpec, factory: DeviceFactory, *,
 
     comparable = True
     rounds = 0
-    measured = _needs_rounds(budgets)
     while True:
-        if measured:
+        if cand_req is not None:
             sides: list[tuple[str, MeasureRequest]] = [("candidate", cand_req)]
             if base_req is not None:  # A B, then B A: neither side always goes first
                 pair = ("baseline", base_req)
@@ -177,24 +203,34 @@ def check_model(spec: BudgetsFile, model: ModelSpec, factory: DeviceFactory, *,
 
 def run_check(spec: BudgetsFile, factory: DeviceFactory, *, device_name: str,
               baseline: BaselineFile | None = None, baseline_origin: str = "",
-              baseline_model: Path | None = None, progress: Progress | None = None) -> CheckResult:
+              baseline_model: Path | None = None, progress: Progress | None = None,
+              shapes: Mapping[str, Sequence[int]] | None = None) -> CheckResult:
     """Check every model of `spec` on the device `factory` builds; see the module docstring.
 
     `baseline` (a stored baseline) and `baseline_model` (measured interleaved) are alternatives;
-    a model's own ``baseline_model`` wins over both.
+    a model's own ``baseline_model`` wins over both. `shapes` (``--shape``) apply to every model
+    with an input of that name; one that no model has is an `InputError`.
     """
     if baseline is not None and baseline_model is not None:
         raise InputError("give --baseline or --baseline-model, not both")
     if baseline is not None and baseline.device != device_name:
         raise InputError(f"{baseline_origin}: baseline was measured on device '{baseline.device}', "
                          f"this check runs on '{device_name}'")
+    if shapes:
+        sides = [m.model for m in spec.models] + [m.baseline_model for m in spec.models if m.baseline_model]
+        sides += [baseline_model] if baseline_model is not None else []
+        inputs = {s.name for path in sides for s in specs_from_onnx(resolve_model(path).onnx_path)}
+        unknown = sorted(set(shapes) - inputs)
+        if unknown:
+            raise InputError(f"--shape {', '.join(unknown)}: no model of the check has such an input "
+                             f"(inputs: {', '.join(sorted(inputs)) or 'none'})")
     started = time.time()
     t0 = time.monotonic()
     results = []
     for model in spec.models:
         stored = baseline.models.get(model.display_name) if baseline is not None else None
         results.append(check_model(spec, model, factory, baseline_model=baseline_model, stored=stored,
-                                   stored_origin=baseline_origin, progress=progress))
+                                   stored_origin=baseline_origin, progress=progress, shapes=shapes))
     return CheckResult(device_name, results, started, time.monotonic() - t0)
 
 

@@ -14,8 +14,10 @@ identical models would "differ" with p < 1e-20. The interval here is instead tak
   rounds (`paired_ratio_interval`); slow drift cancels within a pair, per-process effects widen
   the interval as they should. A stored baseline (another job) is compared unpaired (Welch).
   The budget *fails* only when that interval lies wholly above ``1 + allowed`` **and** a one-sided
-  Mann-Whitney U test (`compare`, over the pooled samples) says the candidate is
-  slower; it *passes* when the interval lies wholly at or below the limit, and *warns* otherwise.
+  Mann-Whitney U test over the per-round values (rounds are the unit here too; over pooled samples
+  it would share the bootstrap's false precision) says the candidate is slower; it *passes* when
+  the interval lies wholly at or below the limit, and *warns* otherwise. With few rounds the U
+  test cannot reach a small p at all (4 rounds a side: p >= 1/70), so a slowdown then warns.
 - absolute latency budgets: a Student-t interval (log scale) of the per-round statistic, widened
   to contain the typical within-round interval (the CI of the median or quantile, or an emulator's
   prediction interval); *fail* when it lies wholly above the limit, *warn* when it straddles it.
@@ -143,22 +145,25 @@ def pooled(rounds: Sequence[LatencyStats]) -> LatencyStats:
 
 def u_test_slower(baseline: Sequence[LatencyStats], candidate: Sequence[LatencyStats], metric: str,
                   confidence: float = 0.95) -> tuple[float, float]:
-    """(two-sided, one-sided 'candidate slower') Mann-Whitney U p-values.
+    """(two-sided, one-sided 'candidate slower') Mann-Whitney U p-values over the per-round values.
 
-    Over the pooled raw samples (`compare`) for latency metrics with samples on both
-    sides; otherwise over the per-round values (emulated predictions, peak memory).
+    Each round (a fresh process) is one observation: the samples within a round share that
+    process's effect, so they are not independent draws (see the module docstring). `confidence`
+    is unused (kept for the signature); exact p-values are used where scipy can compute them.
     """
-    has_samples = all(len(s.samples_ms) >= 2 for s in (*baseline, *candidate))
-    if metric in LATENCY_FIELDS and has_samples:
-        c = compare(pooled(baseline), pooled(candidate), confidence=confidence, n_resamples=200)
-        return c.p_value, c.p_value_slower
     a = [metric_value(s, metric) for s in baseline]
     b = [metric_value(s, metric) for s in candidate]
-    if len(set(a) | set(b)) < 2:
+    if not a or not b or len(set(a) | set(b)) < 2:
         return 1.0, 1.0
     two = sps.mannwhitneyu(b, a, alternative="two-sided")
     greater = sps.mannwhitneyu(b, a, alternative="greater")
     return float(two.pvalue), float(greater.pvalue)
+
+
+def smallest_u_p(n_baseline: int, n_candidate: int) -> float:
+    """The smallest one-sided p-value the exact U test can give with these many rounds (every
+    candidate round above every baseline round): 1 / C(n + m, n)."""
+    return 1.0 / math.comb(n_baseline + n_candidate, n_baseline) if n_baseline and n_candidate else 1.0
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 ``edge-search agent serve --token-file ~/.edge-search-token --profile jetson-nano`` serves on
 127.0.0.1:7070 unless ``--host`` says otherwise (a missing token file is created with a new random
-token, mode 0600). ``edge-search agent status URL --token-file F`` prints the agent's state, queue
-length, last heartbeat and board state (``--json`` for machines); exit 1 when it does not answer.
+token, mode 0600; ``--ssl-certfile``/``--ssl-keyfile`` serve HTTPS). ``edge-search agent status URL
+--token-file F [--ca-file PEM]`` prints the agent's state, queue length, last heartbeat and board
+state (``--json`` for machines); exit 1 when it does not answer.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     st.add_argument("url", help="agent URL, e.g. http://board:7070")
     st.add_argument("--token-file", type=Path, default=None,
                     help="file holding the bearer token (default: $EDGE_SEARCH_AGENT_TOKEN)")
+    st.add_argument("--ca-file", type=Path, default=None, metavar="PEM",
+                    help="CA (or self-signed certificate) an https:// agent's certificate must chain to "
+                         "(default: the system's trust store)")
     st.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
     st.add_argument("--json", action="store_true", help="print the agent's health JSON")
 
@@ -106,11 +110,20 @@ def _serve(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import os
 
+    from pydantic import ValidationError
+
     from edge_search.agent.security import read_token
-    from edge_search.devices.agent import TOKEN_ENV, probe
+    from edge_search.devices.agent import TOKEN_ENV, agent_verify, probe
+    from edge_search.devices.profile import AgentAddress
+    from edge_search.errors import InputError
+    from edge_search.schema import validation_problem
 
     token = read_token(args.token_file) if args.token_file else os.environ.get(TOKEN_ENV)
-    health = probe(args.url, token, args.timeout)
+    try:
+        address = AgentAddress(url=args.url, ca_file=str(args.ca_file) if args.ca_file else None)
+    except ValidationError as err:
+        raise InputError(f"--ca-file: {validation_problem(err).message}") from None
+    health = probe(args.url, token, args.timeout, verify=agent_verify(address))
     if args.json:
         print(json.dumps({"url": args.url, **health.model_dump(mode="json")}, indent=2))
         return 0

@@ -23,8 +23,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     base = parser.add_mutually_exclusive_group()
     base.add_argument("--baseline", type=Path, default=None, metavar="FILE",
                       help="stored baseline (from --save-baseline) for relative budgets")
-    base.add_argument("--baseline-model", type=Path, default=None, metavar="ONNX",
-                      help="baseline model (ONNX or bundle) measured interleaved with each model")
+    base.add_argument("--baseline-model", type=Path, default=None, metavar="MODEL",
+                      help="baseline model (ONNX file or bundle folder) measured interleaved with each model")
+    parser.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                        help="concrete shape of an input with dynamic dimensions, for every model with that "
+                             "input (repeatable; over the budgets file's shapes and a bundle's own)")
     parser.add_argument("--save-baseline", type=Path, default=None, metavar="FILE",
                         help="write this run's measurements as a baseline file")
     parser.add_argument("--junit", type=Path, default=None, metavar="FILE", help="write JUnit XML")
@@ -49,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from edge_search.check.runner import run_check, save_baseline
     from edge_search.devices import create_device
     from edge_search.devices.base import Device
+    from edge_search.devices.inputs import parse_shape_arg
     from edge_search.devices.profile import get_profile
     from edge_search.errors import InputError
     from edge_search.schema import validation_problem
 
+    shapes = dict(parse_shape_arg(text) for text in args.shape)
     spec = load_budgets(args.budgets)
     if args.min_rounds is not None or args.max_rounds is not None:
         update = {k: v for k, v in (("min_rounds", args.min_rounds), ("max_rounds", args.max_rounds))
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_check(spec, factory, device_name=profile.name, baseline=baseline,
                        baseline_origin=str(args.baseline or ""), baseline_model=args.baseline_model,
-                       progress=progress)
+                       progress=progress, shapes=shapes)
     if args.junit is not None:
         _write(args.junit, junit_xml(result))
     if args.json is not None:

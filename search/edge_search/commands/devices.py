@@ -65,14 +65,14 @@ def agent_rows(profiles: dict[str, Any], timeout_s: float = 2.0) -> list[dict[st
     """One row per agent of every agent profile, from a heartbeat sent now (in parallel)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edge_search.devices.agent import agent_token, probe
+    from edge_search.devices.agent import agent_token, agent_verify, probe
     from edge_search.errors import EdgeSearchError
 
     def one(name: str, address: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"profile": name, "url": address.url, "state": "down", "queue_length": None,
                                "last_heartbeat": None, "error": ""}
         try:
-            h = probe(address.url, agent_token(address), timeout_s)
+            h = probe(address.url, agent_token(address), timeout_s, verify=agent_verify(address))
         except EdgeSearchError as err:
             row["error"] = str(err)
             return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -27,8 +28,14 @@ def run(args: argparse.Namespace) -> int:
     study = load_study(args.study, args.storage)
     tracker = Tracker(args.tracking_uri)
     if args.pareto:
+        from edge_search.bundle.runtime import check_one_input_spec, load_front
+
         paths = export_front(study, args.output, tracker, args.base_dir)
         print(f"wrote {len(paths)} bundles and front.json to {args.output}")
+        try:
+            check_one_input_spec(load_front(args.output))
+        except ValueError as err:
+            print(f"edge-search export: warning: {err}", file=sys.stderr)
     else:
         export_trial(study, args.trial, args.output, tracker, args.base_dir)
         print(f"wrote bundle of trial {args.trial} to {args.output}")

@@ -1,4 +1,7 @@
-"""`edge-search measure MODEL.onnx`: measure one ONNX model's latency on a device.
+"""`edge-search measure MODEL`: measure one ONNX model's (or exported bundle's) latency on a device.
+
+A bundle folder (from `edge-search export`) is measured with the session knobs and input shapes
+its `bundle.json` records; ``--threads`` etc. and ``--shape`` override them.
 
 Prints the median, percentiles, mean, stdev, CV, the CI of the median, warm-up and sample counts,
 session load and first-run time, peak memory, host metadata and any warning; ``--json`` prints the
@@ -20,20 +23,21 @@ if TYPE_CHECKING:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments."""
-    parser.add_argument("model", type=Path, help="ONNX model file")
+    parser.add_argument("model", type=Path, help="ONNX model file, or a bundle folder from `edge-search export`")
     parser.add_argument("--device", default="host", help="device profile name (default: host)")
     parser.add_argument("--profiles", type=Path, action="append", default=[], metavar="DIR",
                         help="extra device profile folder or file (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, metavar="N",
-                        help="ONNX Runtime intra-op threads (default: 1)")
-    parser.add_argument("--inter-threads", type=int, default=1, metavar="N",
-                        help="ONNX Runtime inter-op threads (default: 1)")
-    parser.add_argument("--graph-opt", choices=["disable", "basic", "extended", "all"], default="all",
-                        help="graph optimisation level (default: all)")
-    parser.add_argument("--execution-mode", choices=["sequential", "parallel"], default="sequential",
-                        help="ONNX Runtime execution mode (default: sequential)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: the bundle's, else 1)")
+    parser.add_argument("--inter-threads", type=int, default=None, metavar="N",
+                        help="ONNX Runtime inter-op threads (default: the bundle's, else 1)")
+    parser.add_argument("--graph-opt", choices=["disable", "basic", "extended", "all"], default=None,
+                        help="graph optimisation level (default: the bundle's, else all)")
+    parser.add_argument("--execution-mode", choices=["sequential", "parallel"], default=None,
+                        help="ONNX Runtime execution mode (default: the bundle's, else sequential)")
     parser.add_argument("--shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                        help="concrete shape of an input with dynamic dimensions (repeatable)")
+                        help="concrete shape of an input with dynamic dimensions (repeatable; a bundle "
+                             "records its own)")
     parser.add_argument("--precision-target", type=float, default=0.02, metavar="FRACTION",
                         help="stop when the 95%% CI of the median is within ± this fraction (default: 0.02)")
     parser.add_argument("--max-time", type=float, default=10.0, metavar="SECONDS",
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the request, measure it on the device and print the result."""
     from pydantic import ValidationError
 
+    from edge_search.bundle.resolve import resolve_model
     from edge_search.devices import create_device
     from edge_search.devices.base import MeasureRequest, SessionKnobs
     from edge_search.devices.inputs import parse_shape_arg
@@ -53,23 +58,25 @@ def run(args: argparse.Namespace) -> int:
     from edge_search.errors import InputError
     from edge_search.schema import validation_problem
 
-    if args.threads < 1 or args.inter_threads < 1:
+    if (args.threads is not None and args.threads < 1) or (args.inter_threads is not None and args.inter_threads < 1):
         raise InputError("--threads and --inter-threads must be at least 1")
     if not args.precision_target > 0 or not args.max_time > 0:
         raise InputError("--precision-target and --max-time must be positive")
     if not args.model.exists():
         raise InputError(f"{args.model}: no such model file")
-    shapes: dict[str, tuple[int, ...]] = {}
-    for text in args.shape:
-        name, shape = parse_shape_arg(text)
-        shapes[name] = shape
+    model = resolve_model(args.model)
+    shapes = model.shapes_with(dict(parse_shape_arg(text) for text in args.shape))
+    recorded = model.session or SessionKnobs()
     profile = get_profile(args.device, args.profiles)
     try:
         request = MeasureRequest(
-            model_path=args.model,
-            session=SessionKnobs(intra_op_threads=args.threads, inter_op_threads=args.inter_threads,
-                                 graph_optimization=args.graph_opt, execution_mode=args.execution_mode,
-                                 providers=profile.execution_providers[:1] or ("CPUExecutionProvider",)),
+            model_path=model.onnx_path,
+            session=SessionKnobs(
+                intra_op_threads=args.threads or recorded.intra_op_threads,
+                inter_op_threads=args.inter_threads or recorded.inter_op_threads,
+                graph_optimization=args.graph_opt or recorded.graph_optimization,
+                execution_mode=args.execution_mode or recorded.execution_mode,
+                providers=profile.execution_providers[:1] or ("CPUExecutionProvider",)),
             shapes=shapes, precision_target=args.precision_target, max_time_s=args.max_time)
     except ValidationError as err:
         raise InputError(f"bad measurement request: {validation_problem(err).message}") from None

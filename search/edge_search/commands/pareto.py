@@ -21,13 +21,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def load_study(name: str, storage_url: str | None) -> optuna.Study:
-    """An existing study, or an input error listing the ones that exist."""
+    """An existing study, or an input error listing the ones that exist; creates nothing."""
     import optuna
 
     from edge_search.errors import InputError
-    from edge_search.study import make_storage
+    from edge_search.study import open_existing_storage
 
-    storage = make_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

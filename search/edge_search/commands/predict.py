@@ -1,4 +1,8 @@
-"""`edge-search predict`: predicted latency of an ONNX model on a device profile, with its interval."""
+"""`edge-search predict`: predicted latency of an ONNX model on a device profile, with its interval.
+
+A bundle folder (from `edge-search export`) is predicted at the input shapes and thread count its
+`bundle.json` records; ``--shape`` and ``--threads`` override them.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from pathlib import Path
 
 def configure(p: argparse.ArgumentParser) -> None:
     """Add the command's arguments."""
-    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("model", type=Path, help="ONNX model file, or a bundle folder from `edge-search export`")
     p.add_argument("--device", required=True, help="device profile name (see `edge-search devices`)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads on the target (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads on the target (default: the bundle's, else 1)")
     p.add_argument(
         "--provider",
         action="append",
@@ -27,7 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="concrete shape for an input with dynamic dimensions (repeatable)",
+        help="concrete shape for an input with dynamic dimensions (repeatable; a bundle records its own)",
     )
     p.add_argument("--json", action="store_true", help="print the LatencyStats JSON")
     p.add_argument(
@@ -39,39 +44,29 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    from edge_search.errors import InputError
-
-    out = {}
-    for item in items:
-        name, sep, dims = item.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            out[name] = tuple(int(d) for d in dims.split(","))
-        except ValueError:
-            raise InputError(f"--shape {item!r}: expected NAME=D0,D1,... with integer dimensions") from None
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Predict and print; exit 2 on bad input (unknown device, missing model, impossible knobs)."""
+    from edge_search.bundle.resolve import resolve_model
     from edge_search.devices.base import MeasureRequest, SessionKnobs
     from edge_search.devices.emulated import EmulatedDevice
     from edge_search.devices.emulation.carry import estimate_graph
+    from edge_search.devices.inputs import parse_shape_arg
     from edge_search.devices.profile import get_profile
     from edge_search.errors import InputError
 
     profile = get_profile(args.device, args.profiles)
-    if not args.model.is_file():
+    if not args.model.exists():
         raise InputError(f"{args.model}: no such model file")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise InputError("--threads must be at least 1")
+    model = resolve_model(args.model)
+    threads = args.threads or (model.session.intra_op_threads if model.session else 1)
     providers = tuple(args.provider) if args.provider else ("CPUExecutionProvider",)
-    knobs = SessionKnobs(intra_op_threads=args.threads, providers=providers)
-    shapes = _shapes(args.shape)
+    knobs = SessionKnobs(intra_op_threads=threads, providers=providers)
+    shapes = model.shapes_with(dict(parse_shape_arg(text) for text in args.shape))
+    path = model.onnx_path
     if args.graph_only:
-        stats = estimate_graph(args.model, profile, knobs, shapes or None)
+        stats = estimate_graph(path, profile, knobs, shapes or None)
     else:
         from edge_search.devices import create_device
 
@@ -79,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         device = (EmulatedDevice(profile, profile_dirs=args.profiles) if profile.latency.method == "emulated"
                   else create_device(profile))
         with device:
-            stats = device.measure(MeasureRequest(model_path=args.model, session=knobs, shapes=shapes))
+            stats = device.measure(MeasureRequest(model_path=path, session=knobs, shapes=shapes))
     if args.json:
         print(stats.to_json())
         return 0
@@ -87,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         stats.extra.get("method", ""), "measured"
     )
     print(
-        f"{args.model.name} on {profile.name} ({kind}, {stats.source}; {args.threads} thread(s)): "
+        f"{args.model.name} on {profile.name} ({kind}, {stats.source}; {threads} thread(s)): "
         f"{stats.median_ms:.2f} ms  [{stats.ci_low_ms:.2f}, {stats.ci_high_ms:.2f}]"
     )
     ex = stats.extra

@@ -103,19 +103,19 @@ SamplesLoader = Callable[[TrialPoint], LatencySamples | None]
 def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
     """Hypervolume dominated by `losses` (rows of minimised values) up to `reference`.
 
-    Optuna's exact implementation (2-D sweep, WFG beyond) lives in the private module
-    `optuna._hypervolume`; there is no public function for it, so it is wrapped here, in this one
-    place, and tested against a brute-force 2-D computation. Points not strictly better than the
-    reference in every objective contribute nothing and are dropped first (Optuna expects that).
+    Computed by `moocore.hypervolume` (exact: a sweep in 2-D and 3-D, HV4D+ and beyond), a
+    public, pinned dependency: Optuna's implementation is private (`optuna._hypervolume`). Points
+    not strictly better than the reference in every objective contribute nothing and are dropped
+    first.
     """
-    from optuna._hypervolume import compute_hypervolume
+    import moocore
 
     pts = np.asarray(losses, dtype=float).reshape(-1, len(reference))
     ref = np.asarray(reference, dtype=float)
     pts = pts[np.all(pts < ref, axis=1)]
     if len(pts) == 0:
         return 0.0
-    return float(compute_hypervolume(pts, ref))
+    return float(moocore.hypervolume(pts, ref=ref))
 
 
 def _losses(values: Sequence[float], directions: Sequence[str]) -> list[float]:

@@ -17,12 +17,18 @@ same request goes to another live agent of the pool; when none is left, `EdgeSea
 why, so the trial fails with that reason and the study carries on (and the trial is redone).
 
 Token: ``token_file`` of the agent's entry, else ``$EDGE_SEARCH_AGENT_TOKEN``.
+
+TLS: an ``https://`` agent's certificate is verified against the entry's ``ca_file`` (a PEM CA
+bundle, or the agent's self-signed certificate), else the system's trust store; ``verify: false``
+turns the check off. A certificate that does not verify is a configuration error, like a refused
+token: when every agent of the pool is refused, `measure` raises `InputError` with the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +47,39 @@ TOKEN_ENV = "EDGE_SEARCH_AGENT_TOKEN"
 
 class AgentUnauthorized(EdgeSearchError):
     """The agent refused the token (HTTP 401)."""
+
+
+class AgentUntrusted(EdgeSearchError):
+    """The agent's TLS certificate does not verify against the CA the client trusts."""
+
+
+Verify = ssl.SSLContext | bool
+"""What httpx checks an agent's certificate with: a context holding the CA, or True/False."""
+
+
+def agent_verify(address: AgentAddress) -> Verify:
+    """How to check `address`'s certificate: its `ca_file`, else the system store, else nothing."""
+    if not address.verify:
+        return False
+    if address.ca_file is None:
+        return True
+    path = Path(address.ca_file).expanduser()
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError(f"agent {address.url}: cannot read ca_file {path}: {reason}") from None
+
+
+def _untrusted(err: BaseException) -> str | None:
+    """The verification failure behind an httpx error, if a certificate check is what failed."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen.reason or seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(err)
+    return text.split("certificate verify failed:")[-1].strip() if "CERTIFICATE_VERIFY_FAILED" in text else None
 
 
 def agent_token(address: AgentAddress) -> str | None:
@@ -62,21 +101,31 @@ def _httpx() -> Any:
     return httpx
 
 
-def make_client(url: str, token: str | None, timeout_s: float, transport: Any = None) -> Any:
-    """An `httpx.Client` for one agent (bearer token set, no redirects followed)."""
+def make_client(url: str, token: str | None, timeout_s: float, transport: Any = None,
+                verify: Verify = True) -> Any:
+    """An `httpx.Client` for one agent (bearer token set, no redirects followed, certificate
+    checked as `verify` says)."""
     httpx = _httpx()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s,
-                        follow_redirects=False, transport=transport)
+                        follow_redirects=False, transport=transport, verify=verify)
 
 
-def probe(url: str, token: str | None, timeout_s: float = 2.0, transport: Any = None) -> AgentHealth:
-    """One heartbeat to `url`; raises `EdgeSearchError` with the reason when it does not answer."""
+def probe(url: str, token: str | None, timeout_s: float = 2.0, transport: Any = None,
+          verify: Verify = True) -> AgentHealth:
+    """One heartbeat to `url`; raises `EdgeSearchError` with the reason when it does not answer
+    (`AgentUntrusted` when its certificate does not verify, `AgentUnauthorized` on a refused token)."""
     httpx = _httpx()
-    with make_client(url, token, timeout_s, transport) as client:
+    with make_client(url, token, timeout_s, transport, verify) as client:
         try:
             resp = client.get("/health")
         except httpx.HTTPError as err:
+            untrusted = _untrusted(err)
+            if untrusted is not None:
+                raise AgentUntrusted(f"agent {url}: its TLS certificate is not trusted (certificate verify failed: "
+                                     f"{untrusted}); set "
+                                     "ca_file of this agent in latency.agents to the CA that signed it"
+                                     ) from None
             raise EdgeSearchError(f"agent {url} does not answer: {type(err).__name__}: {err}") from None
     if resp.status_code == 401:
         raise AgentUnauthorized(f"agent {url} refused the token (401)")
@@ -91,13 +140,16 @@ class AgentSlot:
 
     url: str
     token: str | None
+    verify: Verify = True
+    """How its TLS certificate is checked (`agent_verify`)."""
     alive: bool = True
     """False after a failed heartbeat or request, until a heartbeat answers again."""
     last_heartbeat: float | None = None
     """``time.time()`` of the last answered heartbeat."""
     last_error: str = ""
     refused: bool = False
-    """True while the agent refuses our token (a configuration error, not an outage)."""
+    """True while the agent refuses our token or we refuse its certificate (a configuration error,
+    not an outage)."""
     health: AgentHealth | None = None
     measurements: int = 0
     known_models: set[str] = field(default_factory=set)
@@ -143,7 +195,7 @@ class AgentDevice(Device):
         self.measure_overhead_s = measure_overhead_s
         self.queue_timeout_s = queue_timeout_s
         self.transport = transport
-        self.agents = [AgentSlot(a.url.rstrip("/"), agent_token(a)) for a in profile.latency.agents]
+        self.agents = [AgentSlot(a.url.rstrip("/"), agent_token(a), agent_verify(a)) for a in profile.latency.agents]
         self.queue: SlotQueue[AgentSlot] = SlotQueue(self.agents)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,9 +206,10 @@ class AgentDevice(Device):
     def heartbeat(self, agent: AgentSlot) -> bool:
         """Probe one agent now; updates its state and returns whether it is alive."""
         try:
-            agent.health = probe(agent.url, agent.token, self.heartbeat_timeout_s, self.transport)
+            agent.health = probe(agent.url, agent.token, self.heartbeat_timeout_s, self.transport, agent.verify)
         except EdgeSearchError as err:
-            agent.alive, agent.last_error, agent.refused = False, str(err), isinstance(err, AgentUnauthorized)
+            refused = isinstance(err, AgentUnauthorized | AgentUntrusted)
+            agent.alive, agent.last_error, agent.refused = False, str(err), refused
             self.queue.wake()
             return False
         agent.alive, agent.last_heartbeat, agent.last_error, agent.refused = True, time.time(), "", False
@@ -244,7 +297,7 @@ class AgentDevice(Device):
             warmup_min_runs=request.warmup_min_runs, warmup_min_s=request.warmup_min_s,
             priority=request.priority, queue_timeout_s=min(self.measure_overhead_s, 3600.0))
         read_s = self.measure_overhead_s + 2.0 * request.max_time_s + body.queue_timeout_s
-        with make_client(agent.url, agent.token, self.heartbeat_timeout_s, self.transport) as client:
+        with make_client(agent.url, agent.token, self.heartbeat_timeout_s, self.transport, agent.verify) as client:
             try:
                 self._ensure_model(client, agent, sha, data)
                 resp = client.post("/measure", content=body.model_dump_json(),
@@ -318,6 +371,9 @@ class AgentDevice(Device):
 
     def _give_up(self, failures: list[dict[str, str]], t0: float) -> LatencyStats:
         if all(a.refused for a in self.agents):
+            untrusted = [a.last_error for a in self.agents if "TLS certificate" in a.last_error]
+            if untrusted:
+                raise InputError(f"device '{self.name}': {'; '.join(untrusted)}")
             urls = ", ".join(a.url for a in self.agents)
             raise InputError(f"device '{self.name}': every agent refused the token ({urls}); check the "
                              f"token_file of latency.agents or ${TOKEN_ENV}")

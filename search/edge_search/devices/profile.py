@@ -66,8 +66,27 @@ class PowerSpec(StrictModel):
 
 
 class AgentAddress(StrictModel):
+    """One agent of a pool: its URL, token file and, for ``https://``, how its certificate is checked.
+
+    Paths take ``~`` and are relative to the working directory.
+    """
+
     url: str
     token_file: str | None = None
+    ca_file: str | None = None
+    """PEM file of the CA (or the self-signed certificate) the agent's certificate must chain to;
+    default: the system's trust store. Only for ``https://`` URLs."""
+    verify: bool = True
+    """False: the agent's certificate is not checked (traffic is still encrypted; a test rig only)."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> AgentAddress:
+        https = self.url.lower().startswith("https://")
+        if not https and (self.ca_file is not None or not self.verify):
+            raise ValueError(f"ca_file and verify apply to https:// agents, not {self.url}")
+        if self.ca_file is not None and not self.verify:
+            raise ValueError("give ca_file (verify against it) or verify: false, not both")
+        return self
 
 
 class LatencySpec(StrictModel):

@@ -104,7 +104,13 @@ def test_keep_top_k_gives_real_model_with_named_nodes_in_fp32(task: OnnxModelTas
             assert next(i for i in model.graph.initializer if i.name == weight).data_type == TensorProto.FLOAT
         else:  # quantised: int8 weights through DequantizeLinear
             assert producers[weight].op_type == "DequantizeLinear", f"{name} should be quantised"
-    assert task.evaluate(dst)["fidelity_top1"] >= 0.0  # runs in ONNX Runtime
+    # it runs in ONNX Runtime, and scores what the ranking measured for that very variant: with the
+    # top two candidates in fp32 only the third is int8, i.e. the analysis's variant of the third
+    (rest,) = [n for n in report.nodes if n.name not in ranking[:2]]
+    scores = task.evaluate(dst)
+    assert scores["fidelity_top1"] == pytest.approx(rest.score)
+    assert rest.cosine_gain is not None and rest.cosine_gain > 0  # its error against fp32, as ranked
+    assert 1.0 - scores["fidelity_cosine"] == pytest.approx(rest.cosine_gain, rel=1e-3)
     tags = fp32_node_tags(dst)
     assert tags == {"fp32_nodes": ",".join(kept), "fp32_node_count": str(len(kept))}
     # all-int8 records an empty list; fp32 deployables record nothing
@@ -112,6 +118,7 @@ def test_keep_top_k_gives_real_model_with_named_nodes_in_fp32(task: OnnxModelTas
     deploy_transforms(DeployConfig(precision="int8-static", calibration_size=16))[0].apply(
         task.model_path, plain, DeployConfig(precision="int8-static", calibration_size=16), task)
     assert fp32_nodes_of(plain) == [] and fp32_node_tags(task.model_path) == {}
+    assert task.evaluate(plain)["fidelity_cosine"] < scores["fidelity_cosine"]  # keeping two in fp32 helps
     assert any(p.key == FP32_NODES_KEY for p in onnx.load(str(plain)).metadata_props)
 
 
@@ -189,3 +196,20 @@ def test_one_ranking_serves_both_formats_and_activation_types() -> None:
     other = [base.model_copy(update=u) for u in ({"per_channel": False}, {"calibration_method": "percentile"},
                                                  {"bias_correction": False})]
     assert all(QuantSettings.from_deploy(d) != QuantSettings.from_deploy(base) for d in other)
+
+
+def test_analysis_leaves_no_temporary_folder(task: OnnxModelTask, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cache and without one (the report is then memoised in the process), the command and
+    the library remove every temporary folder they made."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    report = analyse_sensitivity(task.model_path, task, SETTINGS)
+    assert report.ranking
+    assert analyse_sensitivity(task.model_path, task, SETTINGS) is report  # memoised, not redone
+    assert main(["sensitivity", str(task.model_path), "--data", str(tmp_path / "d.npz"), "--no-latency",
+                 "--calibration-size", "16", "--eval-size", "8", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert sorted(p.name for p in scratch.iterdir()) == []

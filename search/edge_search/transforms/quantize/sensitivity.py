@@ -217,10 +217,11 @@ def analyse_sensitivity(model: Path, task: Task, settings: QuantSettings | None 
         folder, _ = cache.entry("sensitivity", key, lambda tmp: _analyse_into(
             tmp, model, task, settings, metric, method, key, time_variants, eval_batch, progress))
         report = _read(folder)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix="edge-search-sensitivity-"))
-        _analyse_into(folder, model, task, settings, metric, method, key, time_variants, eval_batch, progress)
-        report = _read(folder)
+    else:  # no cache: analyse in a temporary folder, removed once the report is read
+        with tempfile.TemporaryDirectory(prefix="edge-search-sensitivity-") as tmp:
+            _analyse_into(Path(tmp), model, task, settings, metric, method, key, time_variants, eval_batch,
+                          progress)
+            report = _read(Path(tmp))
     _MEMO[key] = report
     return report
 
