@@ -17,7 +17,7 @@ from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
-from edge_search.space import SearchSpace, load_space
+from edge_search.space import SearchSpace, check_train_values, load_space
 from edge_search.study import StudySession, make_storage
 from edge_search.tasks import create_task
 from edge_search.tracking import Tracker
@@ -71,10 +71,7 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
     task = create_task(space.task.name, space.task.options)
-    for name in space.train:
-        if name not in task.train_knobs:
-            raise InputError(f"{opts.space or space.name}: train.{name}: unknown train knob for task "
-                             f"'{task.name}' (known: {', '.join(task.train_knobs)})")
+    check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
     storage = make_storage(opts.storage)
     tracker = Tracker(opts.tracking_uri)
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,

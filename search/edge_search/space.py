@@ -228,13 +228,99 @@ class SearchSpace(StrictModel):
 
 
 def parse_space(data: Any, origin: str) -> SearchSpace:
-    """Validate space data; errors name the file, the field and the reason in one line."""
+    """Validate space data; errors name the file, the field and the reason in one line.
+
+    Besides the shape of the file, every value a deploy knob can take (a fixed value, each
+    `choices` entry, each range bound, each `when` value) is checked against the knob's type
+    (`check_deploy_values`), so a typo fails here, not trial by trial."""
     if not isinstance(data, Mapping):
         raise InputError(f"{origin}: a search space must be a YAML mapping")
     try:
-        return SearchSpace.model_validate(data)
+        space = SearchSpace.model_validate(data)
     except ValidationError as err:
         raise InputError(format_validation_error(origin, err)) from None
+    check_deploy_values(space, origin)
+    return space
+
+
+def _spec_values(spec: KnobSpec) -> list[Any]:
+    """The literal values a knob spec names: its fixed value, its choices or its range bounds."""
+    if spec.type == "fixed":
+        return [spec.value]
+    if spec.type == "categorical":
+        return list(spec.choices or ())
+    return [b for b in (spec.low, spec.high) if b is not None and b != "cores"]
+
+
+def check_deploy_values(space: SearchSpace, origin: str) -> None:
+    """Raise `InputError` (``origin: deploy.knob: value is not allowed (allowed: ...)``) for the
+    first deploy knob value that the knob's type (`DeployConfig`) does not accept."""
+    from edge_search.config import deploy_allowed, deploy_knob_kind, deploy_value_problem
+
+    for name, spec in space.deploy.items():
+        where = f"{origin}: deploy.{name}"
+        kind = deploy_knob_kind(name)
+        if spec.type in ("int", "float"):
+            if kind not in ("int", "float"):
+                article = "an" if spec.type == "int" else "a"
+                raise InputError(f"{where}: {article} {spec.type} range ({spec.low}..{spec.high}) for a knob that "
+                                 f"takes one of a set of values; list them as choices "
+                                 f"(allowed: {deploy_allowed(name)})")
+            if kind == "int" and spec.type == "float":
+                raise InputError(f"{where}: a float range ({spec.low}..{spec.high}) for an integer knob "
+                                 f"(allowed: {deploy_allowed(name)})")
+        elif spec.high == "cores" and kind != "int":
+            raise InputError(f"{where}: 'high: cores' needs an integer knob (allowed: {deploy_allowed(name)})")
+        for value in _spec_values(spec):
+            problem = deploy_value_problem(name, value)
+            if problem:
+                raise InputError(f"{where}: {problem}")
+        for other, expected in (spec.when or {}).items():
+            for value in expected if isinstance(expected, tuple) else (expected,):
+                problem = deploy_value_problem(other, value)
+                if problem:
+                    raise InputError(f"{where}: when.{other}: {problem}")
+
+
+def check_train_values(space: SearchSpace, defaults: Mapping[str, Any], task: str, origin: str) -> None:
+    """Raise `InputError` for a train knob the task does not have, or a value of the wrong type.
+
+    A task states its train knobs by their defaults (`Task.train_knobs`); a value must be of the
+    default's type (a number for a float knob, an integer for an int knob, true/false for a flag, a
+    string for a string; a knob whose default is None takes anything)."""
+    from edge_search.config import shown
+
+    for name, spec in space.train.items():
+        if name not in defaults:
+            raise InputError(f"{origin}: train.{name}: unknown train knob for task '{task}' "
+                             f"(known: {', '.join(defaults)})")
+        default = defaults[name]
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok: Callable[[Any], bool] = lambda v: isinstance(v, bool)  # noqa: E731
+            allowed = "true, false"
+        elif isinstance(default, int):
+            ok = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+            allowed = "an integer"
+        elif isinstance(default, float):
+            ok = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+            allowed = "a number"
+        elif isinstance(default, str):
+            ok = lambda v: isinstance(v, str)  # noqa: E731
+            allowed = "a string"
+        else:
+            continue
+        if spec.type == "float" and isinstance(default, int) and not isinstance(default, bool):
+            raise InputError(f"{origin}: train.{name}: a float range ({spec.low}..{spec.high}) for an integer "
+                             f"knob (allowed: {allowed}, like the default {shown(default)})")
+        if spec.type in ("int", "float") and isinstance(default, bool | str):
+            raise InputError(f"{origin}: train.{name}: a range for a knob that takes {allowed}; "
+                             "list the values as choices")
+        for value in _spec_values(spec):
+            if not ok(value):
+                raise InputError(f"{origin}: train.{name}: {shown(value)} is not allowed "
+                                 f"(allowed: {allowed}, like the default {shown(default)})")
 
 
 BUILTIN_SPACES = ("digits-cnn",)
