@@ -13,9 +13,12 @@ from edge_search.schema import StrictModel
 class WorkerRequest(StrictModel):
     """Everything one worker run needs; `LocalDevice` builds it, the worker reads it as JSON."""
 
-    mode: Literal["measure", "profile"] = "measure"
+    mode: Literal["measure", "profile", "rounds"] = "measure"
     device: str
     request: MeasureRequest
+    batch: tuple[MeasureRequest, ...] = ()
+    """``mode: rounds``: the requests to measure one after the other in this process (`request` is
+    then the first of them)."""
     cores: tuple[int, ...] = Field(min_length=1)
     """CPU cores the worker pins itself to."""
     allow_spinning: bool = True
