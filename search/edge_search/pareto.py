@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +37,22 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible non-dominated complete trials (Optuna's `best_trials`, which honours constraints)."""
-    return sorted(study.best_trials, key=lambda t: t.number)
+    """Feasible non-dominated complete trials (Optuna's `best_trials`, which honours constraints:
+    failures and duplicates are infeasible), one per configuration: of trials with the same
+    configuration or result key (two processes that evaluated one configuration at once, a study
+    from before duplicates were detected) the first is kept."""
+    seen: set[str] = set()
+    out: list[FrozenTrial] = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        record = TrialRecord.of(t)
+        keys = {k for k in (record.config_key, record.result_key) if k}
+        if not keys:  # a study from before configuration keys: the knobs are the configuration
+            keys = {json.dumps(record.config_params, sort_keys=True, default=str)}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append(t)
+    return out
 
 
 def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
@@ -66,4 +81,6 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """Complete trials that evaluated a configuration (not failure or duplicate entries)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if TrialRecord.of(t).evaluated]

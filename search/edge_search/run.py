@@ -12,6 +12,7 @@ from edge_search.devices import create_device
 from edge_search.devices.profile import get_profile
 from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
+from edge_search.drivers.ledger import StudyLedger, Tally
 from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
@@ -54,6 +55,8 @@ class RunSummary:
     """Time this process spent in each pipeline stage, plus `other` (platform overhead)."""
     redone: list[int]
     feasible: bool
+    tally: Tally = field(default_factory=Tally)
+    """Failures by cause, duplicates skipped and crashed trials of the whole study."""
 
 
 def default_study_name(space: SearchSpace, device: str) -> str:
@@ -105,7 +108,9 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
         constraints = "; ".join(str(c) for c in space.constraints)
         raise EdgeSearchError(f"no trial of study '{session.name}' met the constraints ({constraints}); "
                               f"{session.n_complete()} finished trials are kept")
-    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible)
+    ledger = StudyLedger(session.study)
+    ledger.scan()
+    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible, ledger.tally)
 
 
 def _stage_totals(session: StudySession, since: float) -> dict[str, float]:

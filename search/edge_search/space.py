@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -385,3 +386,67 @@ def suggest_config(space: SearchSpace, trial: Any, cores: int) -> dict[str, dict
     """
     return {"train": _suggest_section(trial, "train", space.train, cores),
             "deploy": _suggest_section(trial, "deploy", space.deploy, cores)}
+
+
+# -- a discrete space, enumerated ----------------------------------------------------------------
+
+RawConfig = dict[str, dict[str, Any]]
+
+
+def _knob_values(spec: KnobSpec, cores: int) -> list[Any] | None:
+    """Every value a knob can take, or None when it has too many (a continuous range)."""
+    if spec.type == "fixed":
+        return [spec.value]
+    if spec.type == "categorical":
+        return list(spec.choices or ())
+    assert spec.low is not None and spec.high is not None
+    high = cores if spec.high == "cores" else spec.high
+    if spec.type == "int":
+        low_i, high_i, step = int(spec.low), int(high), int(spec.step or 1)
+        if spec.log and step == 1:
+            return list(range(low_i, high_i + 1))
+        return list(range(low_i, high_i + 1, step))
+    if spec.step is None:
+        return None
+    n = math.floor((float(high) - float(spec.low)) / float(spec.step) + 1e-9) + 1
+    return [float(spec.low) + i * float(spec.step) for i in range(n)]
+
+
+def enumerate_space(space: SearchSpace, cores: int, limit: int = 20_000) -> list[RawConfig] | None:
+    """Every configuration of a discrete space (choices, fixed values, integer ranges, float ranges
+    with a step; `when` honoured) in the shape `suggest_config` returns; None when a knob is
+    continuous or there are more than `limit` of them. Used to know when a search has seen every
+    configuration and to propose one it has not."""
+
+    def section(knobs: Mapping[str, KnobSpec]) -> list[dict[str, Any]] | None:
+        out: list[dict[str, Any]] = [{}]
+        for name, spec in knobs.items():
+            values = _knob_values(spec, cores)
+            if values is None:
+                return None
+            grown: list[dict[str, Any]] = []
+            for partial in out:
+                if not spec.condition_holds(partial):
+                    grown.append(partial)
+                    continue
+                grown += [{**partial, name: v} for v in values]
+                if len(grown) > limit:
+                    return None
+            out = grown
+        return out
+
+    train, deploy = section(space.train), section(space.deploy)
+    if train is None or deploy is None or len(train) * len(deploy) > limit:
+        return None
+    return [{"train": t, "deploy": d} for t in train for d in deploy]
+
+
+def sampled_params(space: SearchSpace, config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The Optuna params of a configuration (``train.lr``, ``deploy.precision``, ...): its searched
+    knobs only, as `study.enqueue_trial` takes them."""
+    out: dict[str, Any] = {}
+    for prefix, knobs in (("train", space.train), ("deploy", space.deploy)):
+        for name, spec in knobs.items():
+            if spec.type != "fixed" and name in config.get(prefix, {}):
+                out[f"{prefix}.{name}"] = config[prefix][name]
+    return out

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///edge-search.db"
 FITS_DEVICE = "fits_device"
+EVALUATION_FAILED = "evaluation_failed"
+"""Constraint set to 1 on a configuration whose evaluation failed deterministically (see `record_failure`)."""
+DUPLICATE = "duplicate"
+"""Constraint set to 1 on a proposal of a configuration the study already has (see `record_duplicate`)."""
 
 
 def make_storage(url: str | None) -> optuna.storages.BaseStorage:
@@ -170,13 +174,18 @@ class StudySession:
     # -- bookkeeping --------------------------------------------------------------------------------
 
     def n_complete(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        """Distinct configurations evaluated: complete trials that are neither failures nor
+        duplicates (`TrialRecord.OUTCOME`); what ``--trials`` counts."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if TrialRecord.of(t).evaluated)
 
     def finished_curves(self) -> list[tuple[dict[int, float], float]]:
         """(validation curve, measured median latency) of complete trials, for early stopping."""
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             record = TrialRecord.of(t)
+            if not record.evaluated:
+                continue
             curve, metrics = record.val_curve, record.metrics
             if curve and "latency_ms" in metrics:
                 out.append((curve, metrics["latency_ms"]))
@@ -226,11 +235,11 @@ class StudySession:
         With `tell=False` the caller's driver tells (Ray Tune's `OptunaSearch` does).
         """
         violations = [c.violation(result.metrics[c.metric]) for c in self.space.constraints]
-        for c, v in zip(self.space.constraints, violations, strict=True):
-            trial.set_constraint(str(c), v)
         fits = 1.0 if result.infeasible else 0.0
-        trial.set_constraint(FITS_DEVICE, fits)
-        trial.set_user_attr(TrialRecord.CONSTRAINT_VIOLATIONS, [*violations, fits])
+        self._set_constraints(trial, violations, fits=fits)
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.EVALUATED)
+        if result.identity:
+            trial.set_user_attr(TrialRecord.RESULT_KEY, result.identity)
         trial.set_user_attr(TrialRecord.METRICS, result.metrics)
         trial.set_user_attr(TrialRecord.TIMINGS, result.timings)
         trial.set_user_attr(TrialRecord.CACHE_HITS, result.cache_hits)
@@ -254,6 +263,59 @@ class StudySession:
         metrics = {**result.metrics, **{f"time_{k}_s": v for k, v in result.timings.items()}}
         self.tracker.finish_trial(run_id, "COMPLETE", metrics, tags, step=trial.number)
         self.tracker.log_text(run_id, result.latency.to_json(), "latency_stats.json")
+
+    def _set_constraints(self, trial: optuna.Trial, violations: list[float], *, fits: float = 0.0,
+                         failed: float = 0.0, duplicate: float = 0.0) -> None:
+        """Every trial the study is told carries the same constraints, in the same order (one per
+        space constraint, then fits-the-device, evaluation-failed, duplicate): GPSampler requires it."""
+        for c, v in zip(self.space.constraints, violations, strict=True):
+            trial.set_constraint(str(c), v)
+        trial.set_constraint(FITS_DEVICE, fits)
+        trial.set_constraint(EVALUATION_FAILED, failed)
+        trial.set_constraint(DUPLICATE, duplicate)
+        trial.set_user_attr(TrialRecord.CONSTRAINT_VIOLATIONS, [*violations, fits, failed, duplicate])
+
+    def worst_values(self) -> list[float]:
+        """+inf for a minimised objective, -inf for a maximised one (Optuna's samplers ignore the
+        values of infeasible trials, GPSampler clips infinities to the worst finite value)."""
+        return [float("-inf") if o.direction == "maximize" else float("inf") for o in self.space.objectives]
+
+    def record_failure(self, trial: optuna.Trial, run_id: str | None, *, cause: str, reason: str,
+                       stage: str, tell: bool = True) -> None:
+        """A configuration whose evaluation failed deterministically (or that cannot be deployed):
+        told COMPLETE with the worst values and the constraint `EVALUATION_FAILED` = 1, so every
+        sampler counts it infeasible and moves away; never counted as an evaluated configuration."""
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.FAILED)
+        trial.set_user_attr(TrialRecord.FAIL_REASON, reason)
+        trial.set_user_attr(TrialRecord.FAIL_STAGE, stage)
+        trial.set_user_attr(TrialRecord.FAIL_CAUSE, cause)
+        self._set_constraints(trial, [0.0] * len(self.space.constraints), failed=1.0)
+        if tell:
+            self.study.tell(trial, self.worst_values())
+        if run_id:
+            self.tracker.finish_trial(run_id, "FAIL", {}, {TrialRecord.FAIL_REASON: reason[:4900],
+                                                         TrialRecord.FAIL_CAUSE: cause})
+
+    def record_duplicate(self, trial: optuna.Trial, original: FrozenTrial | None, *, run_id: str | None = None,
+                         tell: bool = True) -> None:
+        """A proposal of a configuration the study already has (complete, failed or being evaluated
+        by another process): told COMPLETE with the original's values (worst values while it has
+        none) and the constraint `DUPLICATE` = 1, so the sampler moves on; not evaluated, not counted."""
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.DUPLICATE)
+        if original is not None:
+            trial.set_user_attr(TrialRecord.DUPLICATE_OF, original.number)
+        has_values = original is not None and original.state == TrialState.COMPLETE and bool(original.values)
+        values = list(original.values) if has_values and original is not None else self.worst_values()
+        violations = [0.0] * len(self.space.constraints)
+        if has_values and original is not None:
+            before = original.user_attrs.get(TrialRecord.CONSTRAINT_VIOLATIONS) or []
+            violations = [float(v) for v in before[: len(violations)]] + violations[len(before):]
+        self._set_constraints(trial, violations, duplicate=1.0)
+        if tell:
+            self.study.tell(trial, values)
+        if run_id:
+            self.tracker.finish_trial(run_id, "DUPLICATE", {}, {TrialRecord.DUPLICATE_OF: str(
+                original.number if original is not None else "")})
 
     def reject_trial(self, trial: optuna.Trial, run_id: str | None, state: TrialState, reason: str) -> None:
         """An invalid configuration (PRUNED) or a failure (FAIL), with its reason on the trial."""
@@ -285,7 +347,7 @@ class StudySession:
                 if t.state == TrialState.FAIL and run.status == "RUNNING":
                     # Its worker died and the driver failed it (Ray): close the run to match.
                     self.tracker.mark_failed([run.run_id], t.user_attrs.get(TrialRecord.FAIL_REASON, "worker died"))
-                if t.state == TrialState.COMPLETE and run.status != "FINISHED":
+                if t.state == TrialState.COMPLETE and run.status != "FINISHED" and TrialRecord.of(t).evaluated:
                     # Killed between `tell` and the MLflow write: the study has what the run lacks.
                     record = TrialRecord.of(t)
                     self.tracker.finish_trial(run.run_id, "COMPLETE", record.metrics,

@@ -120,7 +120,8 @@ class Tracker:
         for i in range(0, len(ms), 900):
             self.client.log_batch(run_id, metrics=ms[i:i + 900])
         self.client.log_batch(run_id, tags=ts)
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "INVALID": "KILLED"}.get(state, "FAILED")
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "INVALID": "KILLED",
+                  "DUPLICATE": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status=status)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:

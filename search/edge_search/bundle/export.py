@@ -48,6 +48,13 @@ def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
     t = trials[number]
     if t.state != TrialState.COMPLETE:
         raise InputError(f"trial {number} of study '{study.study_name}' is {t.state.name}, not COMPLETE")
+    record = TrialRecord.of(t)
+    if record.outcome == TrialRecord.DUPLICATE:
+        raise InputError(f"trial {number} of study '{study.study_name}' is a duplicate of trial "
+                         f"{record.get(TrialRecord.DUPLICATE_OF)}: export that one")
+    if record.outcome == TrialRecord.FAILED:
+        raise InputError(f"trial {number} of study '{study.study_name}' failed: "
+                         f"{record.get(TrialRecord.FAIL_REASON, '')}")
     return t
 
 

@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time,
         backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate,
         early_stop=args.early_stop))
-    print(f"study {summary.study}: {summary.complete} finished trials, {len(summary.front)} on the Pareto front"
-          f" ({summary.wall_s:.1f} s)")
+    t = summary.tally
+    print(f"study {summary.study}: {summary.complete} distinct configurations evaluated, {len(summary.front)} on "
+          f"the Pareto front ({summary.wall_s:.1f} s); failed {t.failures_text()}, {t.duplicates} duplicate "
+          f"proposal(s) skipped" + (f", {t.crashed} crashed" if t.crashed else ""))
     total = sum(summary.stage_s.values()) or 1.0
     shares = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in summary.stage_s.items())
     print(f"time in this run: {shares}")

@@ -173,7 +173,7 @@ def trial_points(study: optuna.Study) -> list[TrialPoint]:
     on_front = {t.number for t in front_trials(study)}
     points = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.values is None:
+        if t.values is None or not TrialRecord.of(t).evaluated:  # failure and duplicate entries: no figures
             continue
         record = TrialRecord.of(t)
         points.append(TrialPoint(
