@@ -35,6 +35,11 @@ class StudyRecord:
     VERSION = "edge_search_version"
     PARENT_RUN_ID = "mlflow_parent_run_id"
     """The study's MLflow parent run."""
+    SEEDED = "seeded"
+    """The reasons of the first configurations enqueued when the study was created (`edge_search.seeds`)."""
+    CONFIRMATION = "confirmation"
+    """The last `edge-search confirm` of the front: when, rounds, the trials re-measured and the
+    confirmed front (trial numbers), and the newest trial number it covered."""
     HYPERVOLUME_REFERENCE = "hypervolume_reference"
     """Objective name -> reference point, fixed the first time the dashboards are logged."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from edge_search.cache import ArtifactCache
 from edge_search.devices import create_device
@@ -43,6 +43,8 @@ class RunOptions:
     ray_address: str | None = None
     latency_gate: bool = False
     early_stop: bool = False
+    baselines: bool = True
+    """Start a new study with the configurations a user would try first (`edge_search.seeds`)."""
 
 
 @dataclass
@@ -85,6 +87,8 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                             precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
                             constraints=space.constraints, latency_gate=opts.latency_gate,
                             early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
+        if opts.baselines and not session.study.trials:
+            _seed(session, pipeline, opts.trials)
         redone = session.recover_orphans()
         session.update_front(full=True)
         started = time.time()
@@ -111,6 +115,24 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     ledger = StudyLedger(session.study)
     ledger.scan()
     return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible, ledger.tally)
+
+
+def _seed(session: StudySession, pipeline: Pipeline, n_trials: int) -> None:
+    """Enqueue a new study's first configurations: at most a quarter of the trials asked for."""
+    from edge_search.config import DeployConfig, TrialConfig
+    from edge_search.errors import InvalidConfig
+    from edge_search.seeds import first_configurations
+
+    def key(raw: dict[str, dict[str, Any]]) -> str | None:
+        try:
+            config = TrialConfig(train=raw["train"], deploy=DeployConfig(**raw["deploy"]))
+            pipeline.check(config)
+            return pipeline.config_key(config)
+        except (InvalidConfig, ValueError, KeyError):
+            return None
+
+    seeds = first_configurations(session.space, pipeline.device_cores, key=key, limit=max(1, n_trials // 4))
+    session.enqueue_first(seeds)
 
 
 def _stage_totals(session: StudySession, since: float) -> dict[str, float]:

@@ -13,9 +13,10 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import psutil
@@ -31,6 +32,9 @@ from edge_search.records import StudyRecord, TrialRecord
 from edge_search.samplers import make_sampler
 from edge_search.space import SearchSpace
 from edge_search.tracking import Tracker, absolute_sqlite, experiment_name
+
+if TYPE_CHECKING:
+    from edge_search.seeds import Seed
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,18 @@ class StudySession:
                                         {"space": json.dumps(self.space.model_dump(mode="json"))})
         self.study.set_user_attr(StudyRecord.PARENT_RUN_ID, rid)
         return rid
+
+    def enqueue_first(self, seeds: Sequence[Seed]) -> int:
+        """Enqueue a new study's first configurations (`edge_search.seeds`), once per study: under the
+        study's creation lock, and only while it has no trial and no record of being seeded.
+        Returns how many were enqueued."""
+        with _study_lock(self.study._storage, self.name):
+            if StudyRecord.SEEDED in self.study.user_attrs or self.study.trials:
+                return 0
+            for seed in seeds:
+                self.study.enqueue_trial(seed.params, user_attrs={TrialRecord.SEED_REASON: seed.reason})
+            self.study.set_user_attr(StudyRecord.SEEDED, [s.reason for s in seeds])
+        return len(seeds)
 
     # -- bookkeeping --------------------------------------------------------------------------------
 
