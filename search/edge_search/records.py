@@ -38,8 +38,11 @@ class StudyRecord:
     SEEDED = "seeded"
     """The reasons of the first configurations enqueued when the study was created (`edge_search.seeds`)."""
     CONFIRMATION = "confirmation"
-    """The last `edge-search confirm` of the front: when, rounds, the trials re-measured and the
-    confirmed front (trial numbers), and the newest trial number it covered."""
+    """The last confirmation of the front (`edge_search.confirm`; a finished trial's attributes
+    cannot change, so it lives on the study): ``at``, ``rounds``, ``through`` (the newest trial it
+    covered), ``front`` (trial numbers) and ``trials``: trial number -> the confirmed latency
+    (`TrialRecord.latency_summary` plus ``metrics``, the objective values it changes, and
+    ``search_median_ms``)."""
     HYPERVOLUME_REFERENCE = "hypervolume_reference"
     """Objective name -> reference point, fixed the first time the dashboards are logged."""
 
@@ -63,6 +66,10 @@ class StudyRecord:
     @property
     def parent_run_id(self) -> str | None:
         return self.attrs.get(self.PARENT_RUN_ID)
+
+    @property
+    def confirmation(self) -> dict[str, Any]:
+        return dict(self.attrs.get(self.CONFIRMATION) or {})
 
     @property
     def objective_names(self) -> list[str] | None:
@@ -115,10 +122,6 @@ class TrialRecord:
     """On a duplicate: the number of the trial that has (or is evaluating) the configuration."""
     SEED_REASON = "seed_reason"
     """On a trial enqueued as one of a new study's first configurations: why (``ORT's default session``)."""
-    CONFIRMED = "confirmed"
-    """The latency re-measured by `edge-search confirm` (interleaved rounds in fresh workers): the
-    `latency_summary` of the confirmed figure plus ``rounds``, ``metrics`` (the latency metrics
-    recomputed from it) and ``confirmed_at``."""
 
     EVALUATED, FAILED, DUPLICATE = "evaluated", "failed", "duplicate"
 
@@ -183,10 +186,6 @@ class TrialRecord:
         return self.attrs.get(self.RESULT_KEY)
 
     @property
-    def confirmed(self) -> dict[str, Any]:
-        return dict(self.attrs.get(self.CONFIRMED) or {})
-
-    @property
     def feasible(self) -> bool:
         """Every constraint satisfied (a trial without recorded violations counts as feasible)."""
         violations = self.attrs.get(self.CONSTRAINT_VIOLATIONS)
@@ -199,6 +198,7 @@ class TrialRecord:
                 "ci_high_ms": stats.ci_high_ms, "cv": stats.cv, "samples": len(stats.samples_ms),
                 "processes": int((stats.extra.get("interval") or {}).get("processes", 1)),
                 "tries": int(stats.extra.get("tries", 1)), "discarded": int(stats.extra.get("discarded", 0)),
+                "shapes": stats.extra.get("input_shapes") or {},
                 "source": stats.source, "stop_reason": stats.stop_reason, "warnings": list(stats.warnings),
                 "started_at": stats.started_at, "ended_at": stats.ended_at, "lease_wait_s": stats.lease_wait_s,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S",

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from edge_search import __version__
 from edge_search.config import TrialConfig
 from edge_search.errors import InputError
-from edge_search.pareto import front_trials
+from edge_search.pareto import current_front
 from edge_search.pipeline import TrialResult
 from edge_search.records import StudyRecord, TrialRecord
 from edge_search.samplers import make_sampler
@@ -350,7 +350,7 @@ class StudySession:
         With `full`, every child run's tag is checked against the study (used at start and end, and
         the only way to see changes made by other processes sharing the study).
         """
-        trials = {t.number: t for t in front_trials(self.study)}
+        trials = {t.number: t for t in current_front(self.study)}
         new_front = set(trials)
         if full:
             runs = self.tracker.child_runs(self.experiment_id, self.parent_run_id)
@@ -390,6 +390,23 @@ class StudySession:
         path, rid = Path(record.deployable_path), record.run_id
         if rid and path.is_file():
             self.tracker.log_model_file(rid, path)
+
+    def record_confirmation(self) -> None:
+        """After `edge_search.confirm.confirm_front`: the confirmed figures on each re-measured trial's
+        MLflow run (``confirmed_latency_ms`` and its interval), the ``pareto`` tags from the confirmed
+        front, the dashboards again."""
+        conf = StudyRecord.of(self.study).confirmation
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for number, fig in (conf.get("trials") or {}).items():
+            t = by_number.get(int(number))
+            rid = TrialRecord.of(t).run_id if t is not None else None
+            if not rid:
+                continue
+            self.tracker.log_metrics(rid, {"confirmed_latency_ms": fig["median_ms"],
+                                           "confirmed_latency_ci_low_ms": fig["ci_low_ms"],
+                                           "confirmed_latency_ci_high_ms": fig["ci_high_ms"]})
+            self.tracker.set_tags(rid, {"latency_figure": "confirmed", "confirmed_rounds": str(fig.get("rounds", ""))})
+        self.update_front(full=True)
 
     def finish(self, complete: bool) -> None:
         self.update_front(full=True)

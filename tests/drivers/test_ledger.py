@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from edge_search.cache import ArtifactCache
-from edge_search.devices.base import MeasureRequest
+from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.profile import get_profile
 from edge_search.devices.stats import LatencyStats
 from edge_search.drivers.ledger import SpaceGrid, StudyLedger
@@ -52,7 +52,8 @@ def _latency(request: MeasureRequest) -> LatencyStats:
 class Harness:
     """A study, its pipeline and a progress sink, in `tmp`."""
 
-    def __init__(self, tmp: Path, deploy: str, *, sampler: str = "tpe", seed: int = 0) -> None:
+    def __init__(self, tmp: Path, deploy: str, *, sampler: str = "tpe", seed: int = 0,
+                 device: Device | None = None) -> None:
         model = conv_classifier(tmp / "m.onnx")
         np.savez(tmp / "d.npz", x=images(24))
         text = (f"schema_version: 1\nname: ledger\ntask: {{name: onnx, options: {{model: {model}, data: {tmp}/d.npz, "
@@ -60,7 +61,8 @@ class Harness:
         self.space = parse_space(yaml.safe_load(text), "ledger.yaml")
         self.device = FunctionDevice(_latency, name="host")
         task = OnnxModelTask(model=str(model), data=str(tmp / "d.npz"), metric="fidelity_top1", eval_size=16)
-        self.pipeline = Pipeline(task, self.device, get_profile("host"), ArtifactCache(tmp / "cache"))
+        self.pipeline = Pipeline(task, device or self.device, get_profile("host"), ArtifactCache(tmp / "cache"),
+                                 max_measure_s=1.0)
         self.session = StudySession.open(space=self.space, device="host", profile_version="1", study_name="ledger",
                                          storage=make_storage(f"sqlite:///{tmp}/s.db"), sampler_name=sampler,
                                          seed=seed, tracker=Tracker(f"sqlite:///{tmp}/m.db"))
