@@ -242,6 +242,11 @@ def test_real_worker_records_scheduling_and_priority(models: dict[str, Path]) ->
     if Path("/proc/self/autogroup").exists() and os.geteuid() == 0:
         # its own autogroup at the requested niceness (nice alone is ignored across autogroups)
         assert s.extra["autogroup_nice"] == -10
+        own = int(Path("/proc/self/autogroup").read_text().split()[-1])
+        kept = LocalDevice(get_profile("host"), warmup_max_s=0.3, min_measure_s=0.1, processes=1, max_retries=0,
+                           autogroup=False).measure(MeasureRequest(model_path=models["static"], warmup_min_s=0.05,
+                                                                   max_time_s=1.0))
+        assert kept.extra["autogroup_nice"] == own  # as before issue 14: the caller's autogroup
 
 
 def test_a_confirmation_round_is_one_worker_in_the_given_order(models: dict[str, Path],

@@ -79,13 +79,16 @@ class LocalDevice(Device):
                  lease_timeout_s: float | None = None, worker_timeout_s: float | None = None,
                  allow_spinning: bool = True, seed: int = 0, warmup_max_s: float = 1.0,
                  min_measure_s: float = 0.25, nice: int | None = -10, python: str | None = None,
-                 processes: int = 2, max_retries: int = 2, noise: HostNoise | None = None) -> None:
+                 processes: int = 2, max_retries: int = 2, noise: HostNoise | None = None,
+                 autogroup: bool = True) -> None:
         """`lease_timeout_s` None waits for the device for ever; `worker_timeout_s` None derives
         a limit from each request (its time cap plus warm-up plus `WORKER_OVERHEAD_S`); each
         worker's repetition phase lasts at least `min_measure_s` (within the request's time cap);
         `nice` is the scheduling niceness the worker asks for (negative needs privileges; None:
         inherit); `processes` workers make one measurement, and up to `max_retries` more replace
-        flagged ones; `noise` is the host's noise model (default: this host's store)."""
+        flagged ones; `noise` is the host's noise model (default: this host's store); `autogroup`
+        False keeps workers in the caller's autogroup (their niceness then orders them only against
+        this session's own work)."""
         if processes < 1 or max_retries < 0:
             raise InputError("a measurement needs at least 1 worker process and max_retries >= 0")
         if profile.latency.method != "local":
@@ -107,6 +110,7 @@ class LocalDevice(Device):
         self.processes = processes
         self.max_retries = max_retries
         self.noise = noise if noise is not None else HostNoise()
+        self.autogroup = autogroup
 
     # --- checks --------------------------------------------------------------------------------
 
@@ -146,7 +150,7 @@ class LocalDevice(Device):
                            batch=tuple(absolute(r) for r in batch),
                            cores=self.cores, allow_spinning=self.allow_spinning, seed=self.seed,
                            warmup_max_s=self.warmup_max_s, min_measure_s=self.min_measure_s,
-                           nice=self.nice, profile_runs=runs)
+                           nice=self.nice, profile_runs=runs, autogroup=self.autogroup)
         return wr.model_dump_json()
 
     def _timeout(self, request: MeasureRequest, extra_s: float = 0.0) -> float:

@@ -380,7 +380,7 @@ def read_autogroup_nice() -> int | None:
         return None
 
 
-def set_priority(nice: int | None) -> int:
+def set_priority(nice: int | None, autogroup: bool = True) -> int:
     """Ask for `nice` (see `WorkerRequest.nice`); returns the niceness in effect.
 
     On a kernel with autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``, the default
@@ -394,7 +394,7 @@ def set_priority(nice: int | None) -> int:
     if nice is not None:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
-        if AUTOGROUP.exists():
+        if autogroup and AUTOGROUP.exists():
             with contextlib.suppress(OSError):
                 if os.getsid(0) != os.getpid():
                     os.setsid()
@@ -408,7 +408,7 @@ def run_request(wr: WorkerRequest) -> str:
         os.sched_setaffinity(0, wr.cores)
     except (OSError, ValueError) as err:
         raise WorkerFailure("input", f"cannot pin the worker to cores {list(wr.cores)}: {err}") from None
-    set_priority(wr.nice)
+    set_priority(wr.nice, wr.autogroup)
     if wr.mode == "profile":
         return json.dumps(profile(wr))
     if wr.mode == "rounds":

@@ -35,6 +35,9 @@ class WorkerRequest(StrictModel):
     inherited). A negative value needs root or CAP_SYS_NICE; without it the worker keeps what it
     inherited. On shared cores, background work (a training process, a test run) then yields to the
     measurement instead of time-slicing with it. The value in effect is recorded in ``extra.nice``."""
+    autogroup: bool = True
+    """Also start a session of its own and give its autogroup the niceness `nice` (see
+    `engine.set_priority`); False keeps the caller's autogroup, as the engine did before issue 14."""
     profile_runs: int = Field(default=20, ge=1)
     """Runs recorded by ORT's profiler in ``mode: profile`` (after warm-up)."""
 
