@@ -198,25 +198,67 @@ def load_grid_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def run_lookup_study(space: Any, table: Mapping[str, Mapping[str, Any]], sampler: str, seed: int,
-                     n_trials: int, cores: int) -> list[list[float]]:
+                     n_trials: int, cores: int, mode: str = "after") -> list[list[float]]:
     """A real Optuna study with edge-search's sampler (`make_sampler`) and the space's own
     suggestions (`suggest_config`), whose objective returns the **measured** values of the sampled
     configuration from `table` (the grid evaluated once for real). Returns the objective values of
-    the `n_trials` complete trials in order."""
+    the trials that count, in order (at most `n_trials`; fewer when the grid is exhausted).
+
+    `mode` ``before``: as edge-search behaved before issue 14 (a repeat proposal is evaluated from
+    the cache and counts as a trial; no first configurations). ``distinct``: repeats handled as
+    today, no first configurations (plain random search over distinct configurations, for one).
+    ``after``: as the embedded driver
+    (`edge_search.drivers.optuna.run_optuna`) behaves now: the study starts with the informative
+    first configurations of `edge_search.seeds`; a repeat proposal is told infeasible with the
+    original's values (constraint ``duplicate`` = 1, as `StudySession.record_duplicate`) and does not
+    count; after 10 repeats in a row an unseen configuration is enqueued; the run ends when every
+    configuration has been seen. The logic is mirrored here (the lookup has no `Pipeline`); the
+    driver itself is tested in `tests/drivers/test_ledger.py`."""
+    import random
+
     import optuna
 
     from edge_search.samplers import make_sampler
-    from edge_search.space import suggest_config
+    from edge_search.seeds import first_configurations
+    from edge_search.space import sampled_params, suggest_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = space.objective_names
     study = optuna.create_study(directions=space.directions,
                                 sampler=make_sampler(sampler, seed, len(names)))
     out: list[list[float]] = []
-    while len(out) < n_trials:
+    if mode == "before":
+        while len(out) < n_trials:
+            trial = study.ask()
+            row = table[config_key(suggest_config(space, trial, cores))]
+            vals = [float(row[n]) for n in names]
+            study.tell(trial, vals)
+            out.append(vals)
+        return out
+
+    grid = {config_key(c): c for c in grid_configs(space, cores)}
+    if mode == "after":
+        for s in first_configurations(space, cores, key=config_key, limit=max(1, n_trials // 4)):
+            study.enqueue_trial(s.params)
+    seen: dict[str, list[float]] = {}
+    rng = random.Random(seed)
+    repeats = 0
+    while len(out) < n_trials and len(seen) < len(grid):
+        if repeats >= 10:
+            repeats = 0
+            unseen = [k for k in grid if k not in seen]
+            study.enqueue_trial(sampled_params(space, grid[rng.choice(unseen)]))
         trial = study.ask()
-        row = table[config_key(suggest_config(space, trial, cores))]
-        vals = [float(row[n]) for n in names]
+        key = config_key(suggest_config(space, trial, cores))
+        if key in seen:
+            repeats += 1
+            trial.set_constraint("duplicate", 1.0)
+            study.tell(trial, seen[key])
+            continue
+        repeats = 0
+        vals = [float(table[key][n]) for n in names]
+        trial.set_constraint("duplicate", 0.0)
         study.tell(trial, vals)
+        seen[key] = vals
         out.append(vals)
     return out

@@ -46,10 +46,15 @@ def help_texts() -> dict[str, str]:
 
 
 def shape(value: Any) -> Any:
-    """Keys and value types, recursively; lists by the union of their items' shapes."""
+    """Keys and value types, recursively; lists by the union of their items' shapes (``"list"`` for a
+    list of scalars or an empty one)."""
     if isinstance(value, dict):
         return {k: shape(v) for k, v in sorted(value.items())}
     if isinstance(value, list):
+        if all(not isinstance(v, dict | list) for v in value):
+            # a list of scalars, or an empty one: its content varies from run to run (warnings on a
+            # loaded machine), its type does not
+            return "list"
         shapes = {json.dumps(shape(v), sort_keys=True) for v in value}
         return [json.loads(s) for s in sorted(shapes)]
     if isinstance(value, bool):

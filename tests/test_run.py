@@ -53,7 +53,7 @@ def test_run_logs_trials_front_and_pareto_json(workdir: Path, small_space: Path,
     code = main(["run", "--space", str(small_space), "--trials", "6", "--sampler", "random", *FAST_MEASURE])
     assert code == 0
     out = capsys.readouterr().out
-    assert "study digits-small-host: 6 finished trials" in out
+    assert "study digits-small-host: 6 distinct configurations evaluated" in out
     study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 6
@@ -100,11 +100,15 @@ objectives: [accuracy, latency_ms]
 """)
     assert main(["run", "--space", str(space), "--trials", "4", "--sampler", "random", *FAST_MEASURE]) == 0
     study = optuna.load_study(study_name="cache-host", storage="sqlite:///edge-search.db")
-    hits = [t.user_attrs["cache_hits"] for t in study.get_trials(states=(TrialState.COMPLETE,))]
-    assert hits[0]["train"] is False and all(h["train"] for h in hits[1:])
-    assert any(h["measure"] for h in hits[1:])  # same model + knobs: measured once
+    evaluated = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("outcome", "evaluated") == "evaluated"]
+    # two configurations in the space: each evaluated once, the second reusing the trained model;
+    # the space is then exhausted and the run ends (issue 14: --trials counts distinct configurations)
+    hits = [t.user_attrs["cache_hits"] for t in evaluated]
+    assert len(hits) == 2 and hits[0]["train"] is False and hits[1]["train"] is True
     runs = _child_runs("sqlite:///mlflow.db", "cache-host")
-    assert sorted(r.data.tags["cache_hit.train"] for r in runs) == ["false", "true", "true", "true"]
+    assert sorted(r.data.tags["cache_hit.train"] for r in runs if "cache_hit.train" in r.data.tags) == [
+        "false", "true"]
 
 
 def test_constraint_no_trial_meets(workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,7 +124,8 @@ constraints: ["latency_ms <= 0.00001"]
     assert main(["run", "--space", str(space), "--trials", "2", *FAST_MEASURE]) == 1
     err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the one error line
     assert err[-1] == ("edge-search run: error: no trial of study 'impossible-host' met the constraints "
-                       "(latency_ms <= 1e-05); 2 finished trials are kept")
+                       "(latency_ms <= 1e-05); 1 finished trials are kept")
+    assert any("space exhausted: all 1 distinct configurations seen" in line for line in err)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -96,3 +96,85 @@ def test_threads_range_follows_device_cores() -> None:
         seen.add(suggest_config(space, t, cores=3)["deploy"]["intra_op_threads"])
         study.tell(t, state=optuna.trial.TrialState.PRUNED)
     assert seen <= {1, 2, 3} and max(seen) == 3
+
+
+# -- item 4 of issue 14: every knob value is checked against the knob's type when the space loads --
+
+
+def _space_with(deploy: str, train: str = "") -> str:
+    return ("schema_version: 1\nname: t\ntask: digits-cnn\n" + (f"train:\n{train}" if train else "")
+            + f"deploy:\n{deploy}objectives: [accuracy, latency_ms]\n")
+
+
+@pytest.mark.parametrize(("deploy", "message"), [
+    # a choices entry: the issue's typo
+    ("  precision: {choices: [fp32, int9-dynamic]}\n",
+     "deploy.precision: 'int9-dynamic' is not allowed (allowed: fp32, fp16, int8-dynamic, int8-static, "
+     "int8-weight, int4-weight)"),
+    # a fixed value, bare and as {value: ...}
+    ("  precision: int9-dynamic\n", "deploy.precision: 'int9-dynamic' is not allowed"),
+    ("  calibration_method: {value: percentil}\n",
+     "deploy.calibration_method: 'percentil' is not allowed (allowed: minmax, entropy, percentile)"),
+    # range bounds outside the knob's own bounds
+    ("  sparsity: {low: 0.0, high: 1.5}\n", "deploy.sparsity: 1.5 is not allowed (allowed: a number >= 0 and < 1)"),
+    ("  intra_op_threads: {low: 0, high: 4}\n", "deploy.intra_op_threads: 0 is not allowed (allowed: an integer >= 1)"),
+    # the wrong type: a string for a flag, 1 for true, a float range for an integer knob
+    ("  per_channel: {choices: [yes, 'no']}\n", "deploy.per_channel: 'no' is not allowed (allowed: true, false)"),
+    ("  per_channel: 1\n", "deploy.per_channel: 1 is not allowed (allowed: true, false)"),
+    ("  intra_op_threads: {low: 1.0, high: 2.5}\n",
+     "deploy.intra_op_threads: a float range (1.0..2.5) for an integer knob"),
+    ("  weight_only_block_size: {low: 16, high: 128}\n",
+     "deploy.weight_only_block_size: an int range (16..128) for a knob that takes one of a set of values"),
+    ("  input_resolution: {choices: [4, 224]}\n",
+     "deploy.input_resolution: 4 is not allowed (allowed: an integer >= 8, or null)"),
+    # a `when` condition naming a value the other knob cannot take
+    ("  precision: {choices: [fp32, int8-static]}\n"
+     "  per_channel: {choices: [false, true], when: {precision: int8-statik}}\n",
+     "deploy.per_channel: when.precision: 'int8-statik' is not allowed"),
+])
+def test_every_deploy_value_is_checked_at_load(tmp_path: Path, deploy: str, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        load_space(write(tmp_path, _space_with(deploy)))
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'space.yaml'}: "), text
+    assert message in text
+    assert "\n" not in text
+
+
+def test_valid_values_of_every_kind_load(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, _space_with(
+        "  precision: {choices: [fp32, int8-static]}\n  sparsity: {low: 0, high: 0.5}\n"
+        "  intra_op_threads: {low: 1, high: cores}\n  per_channel: {choices: [false, true]}\n"
+        "  input_resolution: {choices: [128, 160]}\n  weight_only_block_size: 64\n")))
+    assert set(space.deploy) == {"precision", "sparsity", "intra_op_threads", "per_channel", "input_resolution",
+                                 "weight_only_block_size"}
+
+
+def test_run_rejects_a_bad_value_with_exit_2_before_any_trial(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_search.cli import main
+
+    space = write(tmp_path, _space_with("  precision: {choices: [fp32, int9-dynamic]}\n"))
+    code = main(["run", "--space", str(space), "--trials", "1", "--storage", f"sqlite:///{tmp_path}/s.db",
+                 "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and "deploy.precision: 'int9-dynamic' is not allowed (allowed: fp32," in err[0]
+    assert not (tmp_path / "s.db").exists()  # nothing was created, no trial was asked
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ("  epochs: {choices: [4, ten]}\n",
+     "train.epochs: 'ten' is not allowed (allowed: an integer, like the default 10)"),
+    ("  epochs: {low: 2.0, high: 8.5}\n", "train.epochs: a float range (2.0..8.5) for an integer knob"),
+    ("  lr: fast\n", "train.lr: 'fast' is not allowed (allowed: a number, like the default 0.01)"),
+    ("  dropout: 0.1\n", "train.dropout: unknown train knob for task 'digits-cnn'"),
+])
+def test_train_values_are_checked_against_the_task(tmp_path: Path, train: str, message: str) -> None:
+    from edge_search.space import check_train_values
+    from edge_search.tasks import create_task
+
+    space = load_space(write(tmp_path, _space_with("  precision: fp32\n", train)))
+    task = create_task("digits-cnn", {})
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check_train_values(space, task.train_knobs, task.name, "space.yaml")

@@ -69,6 +69,31 @@ class ArtifactCache:
             return None
         return json.loads(p.read_text())
 
+    # -- failures of deterministic stages ---------------------------------------------------------
+
+    def _failure_path(self, kind: str, key: str) -> Path:
+        return self.root / "failures" / kind / f"{key}.json"
+
+    def failure(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The recorded failure of building entry (`kind`, `key`), or None.
+
+        A stage that failed deterministically (the same inputs fail the same way: a quantiser that
+        cannot calibrate, a task that cannot train these params) is recorded here so that no later
+        trial, in this study or another one sharing the cache, builds it again."""
+        try:
+            value = json.loads(self._failure_path(kind, key).read_text())
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def record_failure(self, kind: str, key: str, info: dict[str, Any]) -> None:
+        """Record that building (`kind`, `key`) failed (written atomically; the last writer wins)."""
+        path = self._failure_path(kind, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, path)
+
     def write_json(self, kind: str, key: str, value: Any) -> None:
         def build(tmp: Path) -> None:
             (tmp / "value.json").write_text(json.dumps(value))

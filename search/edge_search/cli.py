@@ -21,6 +21,7 @@ from edge_search.errors import EdgeSearchError
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "search training + deployment knobs and log the Pareto front"),
     "pareto": ("pareto", "print a study's feasible Pareto set"),
+    "confirm": ("confirm", "re-measure a study's front interleaved in fresh workers and recompute it"),
     "devices": ("devices", "list device profiles (built-in and --profiles)"),
     "calibrate": ("calibrate", "fit a device profile's calibration (host: measure the reference suite)"),
     "predict": ("predict", "predict a model's latency on a device profile, with its interval"),

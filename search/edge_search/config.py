@@ -6,9 +6,13 @@ combinations that cannot be deployed, before any training or measuring is spent 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+import types
+import typing
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 
 from edge_search.devices.base import SessionKnobs
 from edge_search.errors import InvalidConfig
@@ -110,6 +114,80 @@ class DeployConfig(StrictModel):
 
 
 DEPLOY_KNOBS: dict[str, Any] = {name: f.default for name, f in DeployConfig.model_fields.items()}
+
+
+# -- the values a deploy knob takes (what a search space may write) ------------------------------
+
+
+@cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    field = DeployConfig.model_fields[name]
+    annotation: Any = field.annotation
+    return TypeAdapter(Annotated[annotation, *field.metadata] if field.metadata else annotation)
+
+
+def _base_type(name: str) -> Any:
+    """The knob's annotation without ``| None``."""
+    ann = DeployConfig.model_fields[name].annotation
+    if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        ann = args[0] if len(args) == 1 else ann
+    return ann
+
+
+def deploy_knob_kind(name: str) -> Literal["int", "float", "bool", "choice", "str"]:
+    """What values the deploy knob `name` takes: a number range (``int``, ``float``) or a set."""
+    base = _base_type(name)
+    if typing.get_origin(base) is Literal:
+        return "choice"
+    return {int: "int", float: "float", bool: "bool"}.get(base, "str")  # type: ignore[return-value]
+
+
+def deploy_allowed(name: str) -> str:
+    """The values deploy knob `name` allows, in words (``fp32, fp16, ...``, ``an integer >= 1``)."""
+    field = DeployConfig.model_fields[name]
+    base = _base_type(name)
+    if typing.get_origin(base) is Literal:
+        text = ", ".join(str(a) for a in typing.get_args(base))
+    elif base is bool:
+        text = "true, false"
+    else:
+        noun = {int: "an integer", float: "a number"}.get(base, "a string")
+        bounds = []
+        for m in field.metadata:
+            for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                bound = getattr(m, attr, None)
+                if bound is not None:
+                    bounds.append(f"{op} {bound:g}")
+        text = noun + (" " + " and ".join(bounds) if bounds else "")
+    if _base_type(name) is not field.annotation:
+        text += ", or null"
+    return text
+
+
+def shown(value: Any) -> str:
+    """A knob value as a search space's YAML writes it (``'int9-dynamic'``, ``true``, ``0.5``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def deploy_value_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not a value of deploy knob `name`, in words; None when it is one.
+
+    Strict: a string is not a number, ``1`` is not ``true``, and ``2.5`` is not an integer.
+    """
+    if deploy_knob_kind(name) == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{shown(value)} is not allowed (allowed: {deploy_allowed(name)})"
+    try:
+        _adapter(name).validate_python(value, strict=True)
+    except ValidationError:
+        return f"{shown(value)} is not allowed (allowed: {deploy_allowed(name)})"
+    return None
 
 
 class TrialConfig(StrictModel):

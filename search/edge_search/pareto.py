@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,16 @@ class ParetoPoint:
     trial: int
     params: dict[str, Any]
     values: dict[str, float]
+    """Objective values; latency objectives confirmed where the front was confirmed."""
     mlflow_run_id: str | None
+    latency: dict[str, Any] | None = None
+    """The latency figure the values rest on: ``median_ms``, ``ci_low_ms``, ``ci_high_ms`` (the 95 %
+    interval), ``source`` (``confirmed``: re-measured in interleaved rounds by `edge_search.confirm`;
+    ``search``: the trial's own measurement), ``rounds``, ``warnings``."""
 
     def to_json(self) -> dict[str, Any]:
         return {"trial": self.trial, "params": self.params, "values": self.values,
-                "mlflow_run_id": self.mlflow_run_id}
+                "mlflow_run_id": self.mlflow_run_id, "latency": self.latency}
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -36,16 +42,74 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible non-dominated complete trials (Optuna's `best_trials`, which honours constraints)."""
-    return sorted(study.best_trials, key=lambda t: t.number)
+    """Feasible non-dominated complete trials (Optuna's `best_trials`, which honours constraints:
+    failures and duplicates are infeasible), one per configuration: of trials with the same
+    configuration or result key (two processes that evaluated one configuration at once, a study
+    from before duplicates were detected) the first is kept."""
+    seen: set[str] = set()
+    out: list[FrozenTrial] = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        record = TrialRecord.of(t)
+        keys = {k for k in (record.config_key, record.result_key) if k}
+        if not keys:  # a study from before configuration keys: the knobs are the configuration
+            keys = {json.dumps(record.config_params, sort_keys=True, default=str)}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append(t)
+    return out
+
+
+def values_with(t: FrozenTrial, names: Sequence[str], confirmed: dict[str, Any] | None) -> list[float]:
+    """The trial's objective values, with its confirmed latency metrics where it has them."""
+    vals = list(t.values or [])
+    metrics = (confirmed or {}).get("metrics") or {}
+    return [float(metrics[n]) if n in metrics else v for n, v in zip(names, vals, strict=True)]
+
+
+def confirmed_front(study: optuna.Study) -> tuple[list[FrozenTrial], dict[int, dict[str, Any]]] | None:
+    """The confirmed front and each of its trials' confirmed figures, when the study's last
+    confirmation covers every evaluated trial (None: never confirmed, or trials finished since)."""
+    conf = StudyRecord.of(study).confirmation
+    if not conf:
+        return None
+    evaluated = [t.number for t in complete_trials(study)]
+    if evaluated and max(evaluated) > int(conf.get("through", -1)):
+        return None
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    front = [by_number[int(n)] for n in conf.get("front", []) if int(n) in by_number]
+    return front, {int(k): dict(v) for k, v in (conf.get("trials") or {}).items()}
+
+
+def current_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The front as it stands: the confirmed one when the last confirmation covers every evaluated
+    trial, else the search front (`front_trials`)."""
+    confirmed = confirmed_front(study)
+    return confirmed[0] if confirmed is not None else front_trials(study)
 
 
 def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
+    """The front as records: the confirmed front with its confirmed latency figures when the study's
+    last confirmation covers every evaluated trial (`edge_search.confirm`), else the search front."""
     names = objective_names(study)
-    return [ParetoPoint(trial=t.number, params=TrialRecord.of(t).config_params,
-                        values=dict(zip(names, t.values or (), strict=True)),
-                        mlflow_run_id=TrialRecord.of(t).run_id)
-            for t in front_trials(study)]
+    confirmed = confirmed_front(study)
+    if confirmed is not None:
+        trials, figures = confirmed
+    else:
+        trials, figures = front_trials(study), {}
+    points = []
+    for t in trials:
+        record = TrialRecord.of(t)
+        fig = figures.get(t.number)
+        lat = fig if fig is not None else record.latency
+        latency = {"median_ms": lat.get("median_ms"), "ci_low_ms": lat.get("ci_low_ms"),
+                   "ci_high_ms": lat.get("ci_high_ms"), "source": "confirmed" if fig is not None else "search",
+                   "rounds": int(fig.get("rounds", 0)) if fig is not None else 0,
+                   "warnings": list(lat.get("warnings") or [])} if lat else None
+        points.append(ParetoPoint(trial=t.number, params=record.config_params,
+                                  values=dict(zip(names, values_with(t, names, fig), strict=True)),
+                                  mlflow_run_id=record.run_id, latency=latency))
+    return points
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
@@ -66,4 +130,6 @@ def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str])
 
 
 def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    """Complete trials that evaluated a configuration (not failure or duplicate entries)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if TrialRecord.of(t).evaluated]

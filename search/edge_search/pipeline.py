@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_search.cache import ArtifactCache, content_key, file_sha256
 from edge_search.config import DeployConfig, TrialConfig, check_deploy
@@ -21,14 +21,46 @@ from edge_search.devices.base import Device, MeasureRequest
 from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
-from edge_search.errors import InvalidConfig
+from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
 from edge_search.metrics import LATENCY_QUANTILES
 from edge_search.space import Constraint
 from edge_search.tasks.base import EpochCallback, ModelArtifact, Task, TrainingStopped
 
+_T = TypeVar("_T")
+
 STAGES = ("gate", "train", "prune", "transform", "evaluate", "measure")
 GATED_METRICS = LATENCY_QUANTILES
 """Latency metrics the gate can decide from the untrained network (quantiles of the samples)."""
+
+
+class StageFailed(EdgeSearchError):
+    """A deterministic stage (train, prune, transform, evaluate) failed for this configuration.
+
+    The same inputs fail the same way, so the failure is recorded in the artifact cache under the
+    stage's key and raised again, without any work, for every later configuration that needs that
+    entry (`cached` is then True). Drivers record it as an infeasible trial with its `cause`, so
+    the sampler learns to avoid the region (a FAILED trial teaches a sampler nothing).
+    """
+
+    def __init__(self, stage: str, reason: str, *, cached: bool = False) -> None:
+        super().__init__(f"{stage} failed: {reason}" + (" (recorded earlier; not built again)" if cached else ""))
+        self.stage = stage
+        self.reason = reason
+        self.cached = cached
+
+    @property
+    def cause(self) -> str:
+        """``stage ExceptionType``: what progress and the run summary count failures by."""
+        return f"{self.stage} {self.reason.split(':', 1)[0]}".strip()
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError, TimeoutError, KeyboardInterrupt)
+"""Failures that say nothing about the configuration (a full disk, no memory, an interrupt): never
+recorded as the configuration's failure."""
+
+
+_NOT_THE_CONFIGURATIONS_FAULT: tuple[type[BaseException], ...] = (
+    InputError, InvalidConfig, TrainingStopped, StageFailed, *TRANSIENT_ERRORS)
 
 
 class GatedOut(InvalidConfig):
@@ -105,6 +137,11 @@ class TrialResult:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     """The concrete shape of every model input the latency was measured at (what export records)."""
 
+    identity: str = ""
+    """What the trial produced, as a key: the deployable model's bytes, the session knobs, batch and
+    input resolution. Two trials with the same identity are the same configuration, however their
+    knobs were written (`Pipeline.config_key` catches most of them before any work)."""
+
     @property
     def latency_source(self) -> str:
         return self.latency.source
@@ -146,6 +183,41 @@ class Pipeline:
                      device_precisions=tuple(self.profile.precisions),
                      task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train,
                      task_can_resize_inputs=self.task.supports_input_resolution)
+
+    def config_key(self, config: TrialConfig) -> str:
+        """The identity of a configuration before it is built: its resolved train params, the
+        transforms that apply with their `key_knobs`, the pruning done in the task, the session
+        knobs, batch size and input resolution. Knobs that change nothing for this configuration
+        (calibration knobs of an fp32 model, fine-tune epochs of an unpruned one) are not part of
+        it, so proposals that differ only in those are one configuration."""
+        from edge_search.transforms import deploy_transforms
+
+        deploy = config.deploy
+        chain = deploy_transforms(deploy, task_prunes=self.task.can_train)
+        knobs: dict[str, Any] = {}
+        for t in chain:
+            knobs.update(t.key_knobs(deploy))
+        pruned_in_task = (deploy.sparsity, deploy.channel_prune, deploy.finetune_epochs) if (
+            deploy.pruned and self.task.can_train) else None
+        return content_key("config", self.task.name, self.task.version, self.task.resolve_params(config.train),
+                           [t.name for t in chain], knobs, pruned_in_task, deploy.session().key(),
+                           deploy.batch_size, deploy.input_resolution)
+
+    def _guarded(self, stage: str, kind: str, key: str, build: Callable[[], _T]) -> _T:
+        """Run a deterministic stage, recording its failure under (`kind`, `key`) in the cache and
+        raising a recorded failure again without building (see `StageFailed`)."""
+        known = self.cache.failure(kind, key)
+        if known is not None:
+            raise StageFailed(str(known.get("stage", stage)), str(known.get("reason", "failed")), cached=True)
+        try:
+            return build()
+        except _NOT_THE_CONFIGURATIONS_FAULT:
+            raise
+        except Exception as err:
+            text = str(err).splitlines()[0] if str(err) else ""
+            reason = f"{type(err).__name__}: {text}"[:500]
+            self.cache.record_failure(kind, key, {"stage": stage, "reason": reason, "at": time.time()})
+            raise StageFailed(stage, reason) from err
 
     def evaluate(self, config: TrialConfig) -> TrialResult:
         self.check(config)
@@ -189,13 +261,16 @@ class Pipeline:
             input_shapes = measured_shapes(deployable, task.input_shapes(deploy.batch_size))
 
         metrics: dict[str, float] = {**quality, **latency.summary(), "size_mb": _model_size_mb(deployable)}
+        identity = content_key("result", file_sha256(deployable), deploy.session().key(), deploy.batch_size,
+                               deploy.input_resolution, task.version)
         infeasible: list[str] = []
         # One check for every device: the emulator's `fits_memory` flag is this same comparison.
         if latency.peak_memory_mb > self.profile.usable_memory_mb:
             infeasible.append(f"peak memory {latency.peak_memory_mb:.0f} MB exceeds the device's "
                               f"{self.profile.usable_memory_mb:.0f} MB usable RAM")
         return TrialResult(metrics=metrics, latency=latency, deployable=deployable, timings=timings,
-                           cache_hits=hits, infeasible=infeasible, val_curve=val_curve, input_shapes=input_shapes)
+                           cache_hits=hits, infeasible=infeasible, val_curve=val_curve, input_shapes=input_shapes,
+                           identity=identity)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -235,7 +310,7 @@ class Pipeline:
                 art = self.task.train(params, tmp, self.seed)
             _normalise_artifact(art, tmp)
 
-        folder, hit = self.cache.entry("models", key, build)
+        folder, hit = self._guarded("train", "models", key, lambda: self.cache.entry("models", key, build))
         return key, _artifact_in(folder), hit
 
     def _prune(self, base_key: str, model: ModelArtifact, params: dict[str, Any],
@@ -252,7 +327,7 @@ class Pipeline:
                                   seed=self.seed)
             _normalise_artifact(out, tmp)
 
-        folder, hit = self.cache.entry("models", key, build)
+        folder, hit = self._guarded("prune", "models", key, lambda: self.cache.entry("models", key, build))
         return key, _artifact_in(folder), hit
 
     def _transform(self, model_key: str, model: ModelArtifact, deploy: DeployConfig,
@@ -274,7 +349,7 @@ class Pipeline:
             for p in tmp.glob("step*.onnx"):
                 p.unlink()
 
-        return self.cache.entry("deploy", key, build)
+        return self._guarded("transform", "deploy", key, lambda: self.cache.entry("deploy", key, build))
 
     def _evaluate(self, deploy_dir: Path, deploy: DeployConfig,
                   task: Task | None = None) -> tuple[dict[str, float], bool]:
@@ -284,7 +359,8 @@ class Pipeline:
         cached = self.cache.read_json("evaluations", key)
         if cached is not None:
             return {k: float(v) for k, v in cached.items()}, True
-        quality = trial_task.evaluate(deploy_dir / "model.onnx", deploy.batch_size)
+        quality = self._guarded("evaluate", "evaluations", key,
+                                lambda: trial_task.evaluate(deploy_dir / "model.onnx", deploy.batch_size))
         self.cache.write_json("evaluations", key, quality)
         return quality, False
 

@@ -57,17 +57,19 @@ class RunProgress:
         rate = (time.monotonic() - self.t0) / finished_here
         return rate * (self.total - self.done)
 
-    def update(self, done: int, event: str, front_size: int, best: str) -> None:
+    def update(self, done: int, event: str, front_size: int, best: str, tally: str = "") -> None:
+        """A trial finished: `done` distinct configurations evaluated so far; `tally` counts the
+        others (``failed 3 (transform ValueError 3) · duplicates 5``)."""
         self.done = done
         if self._progress is not None and self._task_id is not None:
             self._progress.update(self._task_id, completed=min(done, self.total),  # type: ignore[arg-type]
-                                  description=f"front {front_size} · {best}")
+                                  description=f"front {front_size} · {best}" + (f" · {tally}" if tally else ""))
             self._progress.console.print(event, highlight=False)
             return
         eta = self.eta_s()
         eta_txt = _fmt_s(eta) if eta is not None else "?"
-        print(f"[{done:>3}/{self.total}] {event} | front {front_size} | {best} | "
-              f"elapsed {_fmt_s(time.monotonic() - self.t0)} eta {eta_txt}", file=self.stream, flush=True)
+        print(f"[{done:>3}/{self.total}] {event} | front {front_size} | {best} | " + (f"{tally} | " if tally else "")
+              + f"elapsed {_fmt_s(time.monotonic() - self.t0)} eta {eta_txt}", file=self.stream, flush=True)
 
     def note(self, text: str) -> None:
         if self._progress is not None:

@@ -35,6 +35,14 @@ class StudyRecord:
     VERSION = "edge_search_version"
     PARENT_RUN_ID = "mlflow_parent_run_id"
     """The study's MLflow parent run."""
+    SEEDED = "seeded"
+    """The reasons of the first configurations enqueued when the study was created (`edge_search.seeds`)."""
+    CONFIRMATION = "confirmation"
+    """The last confirmation of the front (`edge_search.confirm`; a finished trial's attributes
+    cannot change, so it lives on the study): ``at``, ``rounds``, ``through`` (the newest trial it
+    covered), ``front`` (trial numbers) and ``trials``: trial number -> the confirmed latency
+    (`TrialRecord.latency_summary` plus ``metrics``, the objective values it changes, and
+    ``search_median_ms``)."""
     HYPERVOLUME_REFERENCE = "hypervolume_reference"
     """Objective name -> reference point, fixed the first time the dashboards are logged."""
 
@@ -60,6 +68,10 @@ class StudyRecord:
         return self.attrs.get(self.PARENT_RUN_ID)
 
     @property
+    def confirmation(self) -> dict[str, Any]:
+        return dict(self.attrs.get(self.CONFIRMATION) or {})
+
+    @property
     def objective_names(self) -> list[str] | None:
         names = self.attrs.get(self.OBJECTIVES)
         return list(names) if names else None
@@ -75,7 +87,8 @@ class TrialRecord:
     """Every knob as ``train.*`` / ``deploy.*`` (Optuna's params hold only the sampled ones)."""
     RUN_ID = "mlflow_run_id"
     CONSTRAINT_VIOLATIONS = "constraint_violations"
-    """One value per space constraint, then the fits-the-device flag; <= 0 satisfied (Optuna's convention)."""
+    """One value per space constraint, then the fits-the-device, evaluation-failed and duplicate flags
+    (the last two since issue 14); <= 0 satisfied (Optuna's convention)."""
     METRICS = "metrics"
     TIMINGS = "timings"
     """Seconds spent per pipeline stage."""
@@ -95,6 +108,24 @@ class TrialRecord:
     """Why a trial was stopped before it finished: ``early-stop`` or ``latency-gate``."""
     RETRY_OF = "retry_of"
     """On a trial that redoes an orphan: the orphan's number."""
+    CONFIG_KEY = "config_key"
+    """The configuration's identity before it is built (`Pipeline.config_key`)."""
+    RESULT_KEY = "result_key"
+    """What the trial produced, as a key (`TrialResult.identity`: deployable bytes + session knobs)."""
+    OUTCOME = "outcome"
+    """On a COMPLETE trial: ``evaluated`` (a configuration measured for the first time), ``failed`` (a
+    deterministic stage failed: told with worst values as infeasible, so the sampler moves away) or
+    ``duplicate`` (a configuration already in the study: told infeasible with the original's values,
+    not evaluated, not counted). Trials from before this key count as ``evaluated``."""
+    FAIL_STAGE = "fail_stage"
+    FAIL_CAUSE = "fail_cause"
+    """``stage ExceptionType`` (``transform ValueError``) or ``invalid``: what failures are counted by."""
+    DUPLICATE_OF = "duplicate_of"
+    """On a duplicate: the number of the trial that has (or is evaluating) the configuration."""
+    SEED_REASON = "seed_reason"
+    """On a trial enqueued as one of a new study's first configurations: why (``ORT's default session``)."""
+
+    EVALUATED, FAILED, DUPLICATE = "evaluated", "failed", "duplicate"
 
     attrs: Mapping[str, Any]
     params: Mapping[str, Any]
@@ -145,6 +176,23 @@ class TrialRecord:
         return {int(k): float(v) for k, v in (self.attrs.get(self.VAL_CURVE) or {}).items()}
 
     @property
+    def outcome(self) -> str:
+        return str(self.attrs.get(self.OUTCOME, self.EVALUATED))
+
+    @property
+    def evaluated(self) -> bool:
+        """A configuration that was built and measured here (not a failure or a duplicate entry)."""
+        return self.outcome == self.EVALUATED
+
+    @property
+    def config_key(self) -> str | None:
+        return self.attrs.get(self.CONFIG_KEY)
+
+    @property
+    def result_key(self) -> str | None:
+        return self.attrs.get(self.RESULT_KEY)
+
+    @property
     def feasible(self) -> bool:
         """Every constraint satisfied (a trial without recorded violations counts as feasible)."""
         violations = self.attrs.get(self.CONSTRAINT_VIOLATIONS)
@@ -155,6 +203,9 @@ class TrialRecord:
         """The `LATENCY` attribute for a trial measured as `stats`."""
         return {"median_ms": stats.median_ms, "p90_ms": stats.p90_ms, "ci_low_ms": stats.ci_low_ms,
                 "ci_high_ms": stats.ci_high_ms, "cv": stats.cv, "samples": len(stats.samples_ms),
+                "processes": int((stats.extra.get("interval") or {}).get("processes", 1)),
+                "tries": int(stats.extra.get("tries", 1)), "discarded": int(stats.extra.get("discarded", 0)),
+                "shapes": stats.extra.get("input_shapes") or {},
                 "source": stats.source, "stop_reason": stats.stop_reason, "warnings": list(stats.warnings),
                 "started_at": stats.started_at, "ended_at": stats.ended_at, "lease_wait_s": stats.lease_wait_s,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S",

@@ -5,19 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from edge_search.cache import ArtifactCache
 from edge_search.devices import create_device
+from edge_search.devices.base import Device
 from edge_search.devices.profile import get_profile
 from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
+from edge_search.drivers.ledger import StudyLedger, Tally
 from edge_search.errors import EdgeSearchError, InputError
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
-from edge_search.space import SearchSpace, load_space
+from edge_search.space import SearchSpace, check_train_values, load_space
 from edge_search.study import StudySession, make_storage
 from edge_search.tasks import create_task
 from edge_search.tracking import Tracker
@@ -42,6 +44,10 @@ class RunOptions:
     ray_address: str | None = None
     latency_gate: bool = False
     early_stop: bool = False
+    baselines: bool = True
+    """Start a new study with the configurations a user would try first (`edge_search.seeds`)."""
+    confirm_rounds: int = 6
+    """Re-measure the front in this many interleaved rounds at the end (`edge_search.confirm`); 0: not."""
 
 
 @dataclass
@@ -54,6 +60,12 @@ class RunSummary:
     """Time this process spent in each pipeline stage, plus `other` (platform overhead)."""
     redone: list[int]
     feasible: bool
+    tally: Tally = field(default_factory=Tally)
+    """Failures by cause, duplicates skipped and crashed trials of the whole study."""
+    measurements: str = ""
+    """One line: the measurements of this run and their warnings (`measurement_summary`)."""
+    confirmation: str = ""
+    """One line: what the confirmation of the front did (empty when there was none)."""
 
 
 def default_study_name(space: SearchSpace, device: str) -> str:
@@ -64,6 +76,8 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     """Open or resume the study and evaluate trials until `opts.trials` have finished."""
     if opts.trials < 1:
         raise InputError("--trials must be at least 1")
+    if opts.confirm_rounds < 0 or opts.confirm_rounds == 1:
+        raise InputError("--confirm-rounds must be 0 (no confirmation) or at least 2")
     driver = get_driver(opts.backend)
     if opts.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -71,10 +85,7 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
     task = create_task(space.task.name, space.task.options)
-    for name in space.train:
-        if name not in task.train_knobs:
-            raise InputError(f"{opts.space or space.name}: train.{name}: unknown train knob for task "
-                             f"'{task.name}' (known: {', '.join(task.train_knobs)})")
+    check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
     storage = make_storage(opts.storage)
     tracker = Tracker(opts.tracking_uri)
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
@@ -85,10 +96,13 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                             precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
                             constraints=space.constraints, latency_gate=opts.latency_gate,
                             early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
+        if opts.baselines and not session.study.trials:
+            _seed(session, pipeline, opts.trials)
         redone = session.recover_orphans()
         session.update_front(full=True)
         started = time.time()
         complete = False
+        measurements = confirmation = ""
         try:
             with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
                 if redone:
@@ -96,6 +110,8 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                 driver(session, pipeline, opts.trials, progress,
                        DriverOptions(workers=opts.workers, address=opts.ray_address, storage_url=opts.storage,
                                      profiles=tuple(opts.profiles)))
+                measurements = measurement_summary(session, started)
+                confirmation = _confirm(session, device, opts.confirm_rounds, progress)
             complete = True
         finally:
             session.finish(complete)
@@ -108,7 +124,77 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
         constraints = "; ".join(str(c) for c in space.constraints)
         raise EdgeSearchError(f"no trial of study '{session.name}' met the constraints ({constraints}); "
                               f"{session.n_complete()} finished trials are kept")
-    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible)
+    ledger = StudyLedger(session.study)
+    ledger.scan()
+    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible, ledger.tally,
+                      measurements, confirmation)
+
+
+def measurement_summary(session: StudySession, since: float) -> str:
+    """One line on the measurements of the trials evaluated since `since`: how many, how many the
+    engine flagged and why, how many were measured again, how many were used flagged."""
+    from collections import Counter
+
+    n = retried = extra = used_flagged = 0
+    kinds: Counter[str] = Counter()
+    for t in session.study.get_trials(deepcopy=False):
+        record = TrialRecord.of(t)
+        if not record.evaluated or t.datetime_start is None or t.datetime_start.timestamp() < since:
+            continue
+        lat = record.latency
+        if not lat or record.latency_source != "measured":
+            continue
+        n += 1
+        warnings = [str(w) for w in lat.get("warnings") or []]
+        for w in warnings:
+            kinds[w.split(":", 1)[0]] += 1
+        if lat.get("discarded"):
+            retried += 1
+            extra += int(lat["discarded"])
+        if any(w.startswith(("contended", "unstable")) for w in warnings):
+            used_flagged += 1
+    if not n:
+        return "measurements: none in this run (cached or predicted)"
+    flagged = ", ".join(f"{k} {v}" for k, v in kinds.most_common() if k != "retried")
+    return (f"measurements: {n} in this run; {retried} re-measured after a contended/unstable worker "
+            f"({extra} worker process(es) replaced); {used_flagged} used still flagged"
+            + (f"; warnings: {flagged}" if flagged else "; no warnings"))
+
+
+def _confirm(session: StudySession, device: Device, rounds: int, progress: RunProgress) -> str:
+    """Confirm the front at the end of a run (measured devices only; nothing to confirm otherwise)."""
+    from edge_search.confirm import confirm_front
+
+    if rounds < 2 or device.latency_source != "measured" or not session.front:
+        return ""
+    try:
+        done = confirm_front(session.study, device, rounds=rounds, note=progress.note)
+    except InputError as err:  # e.g. the front's models left the cache
+        progress.note(f"front not confirmed: {err}")
+        return f"front not confirmed: {err}"
+    session.record_confirmation()
+    line = (f"front confirmed: {len(done.trials)} configuration(s) re-measured in {done.rounds} interleaved rounds"
+            + (f" (+{done.extra_rounds} measured again)" if done.extra_rounds else "")
+            + f" in {done.wall_s:.0f} s; {len(done.front)} on the confirmed front")
+    return line
+
+
+def _seed(session: StudySession, pipeline: Pipeline, n_trials: int) -> None:
+    """Enqueue a new study's first configurations: at most a quarter of the trials asked for."""
+    from edge_search.config import DeployConfig, TrialConfig
+    from edge_search.errors import InvalidConfig
+    from edge_search.seeds import first_configurations
+
+    def key(raw: dict[str, dict[str, Any]]) -> str | None:
+        try:
+            config = TrialConfig(train=raw["train"], deploy=DeployConfig(**raw["deploy"]))
+            pipeline.check(config)
+            return pipeline.config_key(config)
+        except (InvalidConfig, ValueError, KeyError):
+            return None
+
+    seeds = first_configurations(session.space, pipeline.device_cores, key=key, limit=max(1, n_trials // 4))
+    session.enqueue_first(seeds)
 
 
 def _stage_totals(session: StudySession, since: float) -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping
@@ -228,13 +229,99 @@ class SearchSpace(StrictModel):
 
 
 def parse_space(data: Any, origin: str) -> SearchSpace:
-    """Validate space data; errors name the file, the field and the reason in one line."""
+    """Validate space data; errors name the file, the field and the reason in one line.
+
+    Besides the shape of the file, every value a deploy knob can take (a fixed value, each
+    `choices` entry, each range bound, each `when` value) is checked against the knob's type
+    (`check_deploy_values`), so a typo fails here, not trial by trial."""
     if not isinstance(data, Mapping):
         raise InputError(f"{origin}: a search space must be a YAML mapping")
     try:
-        return SearchSpace.model_validate(data)
+        space = SearchSpace.model_validate(data)
     except ValidationError as err:
         raise InputError(format_validation_error(origin, err)) from None
+    check_deploy_values(space, origin)
+    return space
+
+
+def _spec_values(spec: KnobSpec) -> list[Any]:
+    """The literal values a knob spec names: its fixed value, its choices or its range bounds."""
+    if spec.type == "fixed":
+        return [spec.value]
+    if spec.type == "categorical":
+        return list(spec.choices or ())
+    return [b for b in (spec.low, spec.high) if b is not None and b != "cores"]
+
+
+def check_deploy_values(space: SearchSpace, origin: str) -> None:
+    """Raise `InputError` (``origin: deploy.knob: value is not allowed (allowed: ...)``) for the
+    first deploy knob value that the knob's type (`DeployConfig`) does not accept."""
+    from edge_search.config import deploy_allowed, deploy_knob_kind, deploy_value_problem
+
+    for name, spec in space.deploy.items():
+        where = f"{origin}: deploy.{name}"
+        kind = deploy_knob_kind(name)
+        if spec.type in ("int", "float"):
+            if kind not in ("int", "float"):
+                article = "an" if spec.type == "int" else "a"
+                raise InputError(f"{where}: {article} {spec.type} range ({spec.low}..{spec.high}) for a knob that "
+                                 f"takes one of a set of values; list them as choices "
+                                 f"(allowed: {deploy_allowed(name)})")
+            if kind == "int" and spec.type == "float":
+                raise InputError(f"{where}: a float range ({spec.low}..{spec.high}) for an integer knob "
+                                 f"(allowed: {deploy_allowed(name)})")
+        elif spec.high == "cores" and kind != "int":
+            raise InputError(f"{where}: 'high: cores' needs an integer knob (allowed: {deploy_allowed(name)})")
+        for value in _spec_values(spec):
+            problem = deploy_value_problem(name, value)
+            if problem:
+                raise InputError(f"{where}: {problem}")
+        for other, expected in (spec.when or {}).items():
+            for value in expected if isinstance(expected, tuple) else (expected,):
+                problem = deploy_value_problem(other, value)
+                if problem:
+                    raise InputError(f"{where}: when.{other}: {problem}")
+
+
+def check_train_values(space: SearchSpace, defaults: Mapping[str, Any], task: str, origin: str) -> None:
+    """Raise `InputError` for a train knob the task does not have, or a value of the wrong type.
+
+    A task states its train knobs by their defaults (`Task.train_knobs`); a value must be of the
+    default's type (a number for a float knob, an integer for an int knob, true/false for a flag, a
+    string for a string; a knob whose default is None takes anything)."""
+    from edge_search.config import shown
+
+    for name, spec in space.train.items():
+        if name not in defaults:
+            raise InputError(f"{origin}: train.{name}: unknown train knob for task '{task}' "
+                             f"(known: {', '.join(defaults)})")
+        default = defaults[name]
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok: Callable[[Any], bool] = lambda v: isinstance(v, bool)  # noqa: E731
+            allowed = "true, false"
+        elif isinstance(default, int):
+            ok = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+            allowed = "an integer"
+        elif isinstance(default, float):
+            ok = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+            allowed = "a number"
+        elif isinstance(default, str):
+            ok = lambda v: isinstance(v, str)  # noqa: E731
+            allowed = "a string"
+        else:
+            continue
+        if spec.type == "float" and isinstance(default, int) and not isinstance(default, bool):
+            raise InputError(f"{origin}: train.{name}: a float range ({spec.low}..{spec.high}) for an integer "
+                             f"knob (allowed: {allowed}, like the default {shown(default)})")
+        if spec.type in ("int", "float") and isinstance(default, bool | str):
+            raise InputError(f"{origin}: train.{name}: a range for a knob that takes {allowed}; "
+                             "list the values as choices")
+        for value in _spec_values(spec):
+            if not ok(value):
+                raise InputError(f"{origin}: train.{name}: {shown(value)} is not allowed "
+                                 f"(allowed: {allowed}, like the default {shown(default)})")
 
 
 BUILTIN_SPACES = ("digits-cnn",)
@@ -299,3 +386,67 @@ def suggest_config(space: SearchSpace, trial: Any, cores: int) -> dict[str, dict
     """
     return {"train": _suggest_section(trial, "train", space.train, cores),
             "deploy": _suggest_section(trial, "deploy", space.deploy, cores)}
+
+
+# -- a discrete space, enumerated ----------------------------------------------------------------
+
+RawConfig = dict[str, dict[str, Any]]
+
+
+def _knob_values(spec: KnobSpec, cores: int) -> list[Any] | None:
+    """Every value a knob can take, or None when it has too many (a continuous range)."""
+    if spec.type == "fixed":
+        return [spec.value]
+    if spec.type == "categorical":
+        return list(spec.choices or ())
+    assert spec.low is not None and spec.high is not None
+    high = cores if spec.high == "cores" else spec.high
+    if spec.type == "int":
+        low_i, high_i, step = int(spec.low), int(high), int(spec.step or 1)
+        if spec.log and step == 1:
+            return list(range(low_i, high_i + 1))
+        return list(range(low_i, high_i + 1, step))
+    if spec.step is None:
+        return None
+    n = math.floor((float(high) - float(spec.low)) / float(spec.step) + 1e-9) + 1
+    return [float(spec.low) + i * float(spec.step) for i in range(n)]
+
+
+def enumerate_space(space: SearchSpace, cores: int, limit: int = 20_000) -> list[RawConfig] | None:
+    """Every configuration of a discrete space (choices, fixed values, integer ranges, float ranges
+    with a step; `when` honoured) in the shape `suggest_config` returns; None when a knob is
+    continuous or there are more than `limit` of them. Used to know when a search has seen every
+    configuration and to propose one it has not."""
+
+    def section(knobs: Mapping[str, KnobSpec]) -> list[dict[str, Any]] | None:
+        out: list[dict[str, Any]] = [{}]
+        for name, spec in knobs.items():
+            values = _knob_values(spec, cores)
+            if values is None:
+                return None
+            grown: list[dict[str, Any]] = []
+            for partial in out:
+                if not spec.condition_holds(partial):
+                    grown.append(partial)
+                    continue
+                grown += [{**partial, name: v} for v in values]
+                if len(grown) > limit:
+                    return None
+            out = grown
+        return out
+
+    train, deploy = section(space.train), section(space.deploy)
+    if train is None or deploy is None or len(train) * len(deploy) > limit:
+        return None
+    return [{"train": t, "deploy": d} for t in train for d in deploy]
+
+
+def sampled_params(space: SearchSpace, config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The Optuna params of a configuration (``train.lr``, ``deploy.precision``, ...): its searched
+    knobs only, as `study.enqueue_trial` takes them."""
+    out: dict[str, Any] = {}
+    for prefix, knobs in (("train", space.train), ("deploy", space.deploy)):
+        for name, spec in knobs.items():
+            if spec.type != "fixed" and name in config.get(prefix, {}):
+                out[f"{prefix}.{name}"] = config[prefix][name]
+    return out

@@ -13,9 +13,10 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import psutil
@@ -25,17 +26,24 @@ from optuna.trial import FrozenTrial, TrialState
 from edge_search import __version__
 from edge_search.config import TrialConfig
 from edge_search.errors import InputError
-from edge_search.pareto import front_trials
+from edge_search.pareto import current_front
 from edge_search.pipeline import TrialResult
 from edge_search.records import StudyRecord, TrialRecord
 from edge_search.samplers import make_sampler
 from edge_search.space import SearchSpace
 from edge_search.tracking import Tracker, absolute_sqlite, experiment_name
 
+if TYPE_CHECKING:
+    from edge_search.seeds import Seed
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///edge-search.db"
 FITS_DEVICE = "fits_device"
+EVALUATION_FAILED = "evaluation_failed"
+"""Constraint set to 1 on a configuration whose evaluation failed deterministically (see `record_failure`)."""
+DUPLICATE = "duplicate"
+"""Constraint set to 1 on a proposal of a configuration the study already has (see `record_duplicate`)."""
 
 
 def make_storage(url: str | None) -> optuna.storages.BaseStorage:
@@ -193,16 +201,33 @@ class StudySession:
         self.study.set_user_attr(StudyRecord.PARENT_RUN_ID, rid)
         return rid
 
+    def enqueue_first(self, seeds: Sequence[Seed]) -> int:
+        """Enqueue a new study's first configurations (`edge_search.seeds`), once per study: under the
+        study's creation lock, and only while it has no trial and no record of being seeded.
+        Returns how many were enqueued."""
+        with _study_lock(self.study._storage, self.name):
+            if StudyRecord.SEEDED in self.study.user_attrs or self.study.trials:
+                return 0
+            for seed in seeds:
+                self.study.enqueue_trial(seed.params, user_attrs={TrialRecord.SEED_REASON: seed.reason})
+            self.study.set_user_attr(StudyRecord.SEEDED, [s.reason for s in seeds])
+        return len(seeds)
+
     # -- bookkeeping --------------------------------------------------------------------------------
 
     def n_complete(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        """Distinct configurations evaluated: complete trials that are neither failures nor
+        duplicates (`TrialRecord.OUTCOME`); what ``--trials`` counts."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if TrialRecord.of(t).evaluated)
 
     def finished_curves(self) -> list[tuple[dict[int, float], float]]:
         """(validation curve, measured median latency) of complete trials, for early stopping."""
         out = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             record = TrialRecord.of(t)
+            if not record.evaluated:
+                continue
             curve, metrics = record.val_curve, record.metrics
             if curve and "latency_ms" in metrics:
                 out.append((curve, metrics["latency_ms"]))
@@ -252,11 +277,11 @@ class StudySession:
         With `tell=False` the caller's driver tells (Ray Tune's `OptunaSearch` does).
         """
         violations = [c.violation(result.metrics[c.metric]) for c in self.space.constraints]
-        for c, v in zip(self.space.constraints, violations, strict=True):
-            trial.set_constraint(str(c), v)
         fits = 1.0 if result.infeasible else 0.0
-        trial.set_constraint(FITS_DEVICE, fits)
-        trial.set_user_attr(TrialRecord.CONSTRAINT_VIOLATIONS, [*violations, fits])
+        self._set_constraints(trial, violations, fits=fits)
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.EVALUATED)
+        if result.identity:
+            trial.set_user_attr(TrialRecord.RESULT_KEY, result.identity)
         trial.set_user_attr(TrialRecord.METRICS, result.metrics)
         trial.set_user_attr(TrialRecord.TIMINGS, result.timings)
         trial.set_user_attr(TrialRecord.CACHE_HITS, result.cache_hits)
@@ -283,6 +308,59 @@ class StudySession:
         self.tracker.finish_trial(run_id, "COMPLETE", metrics, tags, step=trial.number)
         self.tracker.log_text(run_id, result.latency.to_json(), "latency_stats.json")
 
+    def _set_constraints(self, trial: optuna.Trial, violations: list[float], *, fits: float = 0.0,
+                         failed: float = 0.0, duplicate: float = 0.0) -> None:
+        """Every trial the study is told carries the same constraints, in the same order (one per
+        space constraint, then fits-the-device, evaluation-failed, duplicate): GPSampler requires it."""
+        for c, v in zip(self.space.constraints, violations, strict=True):
+            trial.set_constraint(str(c), v)
+        trial.set_constraint(FITS_DEVICE, fits)
+        trial.set_constraint(EVALUATION_FAILED, failed)
+        trial.set_constraint(DUPLICATE, duplicate)
+        trial.set_user_attr(TrialRecord.CONSTRAINT_VIOLATIONS, [*violations, fits, failed, duplicate])
+
+    def worst_values(self) -> list[float]:
+        """+inf for a minimised objective, -inf for a maximised one (Optuna's samplers ignore the
+        values of infeasible trials, GPSampler clips infinities to the worst finite value)."""
+        return [float("-inf") if o.direction == "maximize" else float("inf") for o in self.space.objectives]
+
+    def record_failure(self, trial: optuna.Trial, run_id: str | None, *, cause: str, reason: str,
+                       stage: str, tell: bool = True) -> None:
+        """A configuration whose evaluation failed deterministically (or that cannot be deployed):
+        told COMPLETE with the worst values and the constraint `EVALUATION_FAILED` = 1, so every
+        sampler counts it infeasible and moves away; never counted as an evaluated configuration."""
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.FAILED)
+        trial.set_user_attr(TrialRecord.FAIL_REASON, reason)
+        trial.set_user_attr(TrialRecord.FAIL_STAGE, stage)
+        trial.set_user_attr(TrialRecord.FAIL_CAUSE, cause)
+        self._set_constraints(trial, [0.0] * len(self.space.constraints), failed=1.0)
+        if tell:
+            self.study.tell(trial, self.worst_values())
+        if run_id:
+            self.tracker.finish_trial(run_id, "FAIL", {}, {TrialRecord.FAIL_REASON: reason[:4900],
+                                                         TrialRecord.FAIL_CAUSE: cause})
+
+    def record_duplicate(self, trial: optuna.Trial, original: FrozenTrial | None, *, run_id: str | None = None,
+                         tell: bool = True) -> None:
+        """A proposal of a configuration the study already has (complete, failed or being evaluated
+        by another process): told COMPLETE with the original's values (worst values while it has
+        none) and the constraint `DUPLICATE` = 1, so the sampler moves on; not evaluated, not counted."""
+        trial.set_user_attr(TrialRecord.OUTCOME, TrialRecord.DUPLICATE)
+        if original is not None:
+            trial.set_user_attr(TrialRecord.DUPLICATE_OF, original.number)
+        has_values = original is not None and original.state == TrialState.COMPLETE and bool(original.values)
+        values = list(original.values) if has_values and original is not None else self.worst_values()
+        violations = [0.0] * len(self.space.constraints)
+        if has_values and original is not None:
+            before = original.user_attrs.get(TrialRecord.CONSTRAINT_VIOLATIONS) or []
+            violations = [float(v) for v in before[: len(violations)]] + violations[len(before):]
+        self._set_constraints(trial, violations, duplicate=1.0)
+        if tell:
+            self.study.tell(trial, values)
+        if run_id:
+            self.tracker.finish_trial(run_id, "DUPLICATE", {}, {TrialRecord.DUPLICATE_OF: str(
+                original.number if original is not None else "")})
+
     def reject_trial(self, trial: optuna.Trial, run_id: str | None, state: TrialState, reason: str) -> None:
         """An invalid configuration (PRUNED) or a failure (FAIL), with its reason on the trial."""
         key = TrialRecord.FAIL_REASON if state == TrialState.FAIL else TrialRecord.INVALID_REASON
@@ -300,7 +378,7 @@ class StudySession:
         With `full`, every child run's tag is checked against the study (used at start and end, and
         the only way to see changes made by other processes sharing the study).
         """
-        trials = {t.number: t for t in front_trials(self.study)}
+        trials = {t.number: t for t in current_front(self.study)}
         new_front = set(trials)
         if full:
             runs = self.tracker.child_runs(self.experiment_id, self.parent_run_id)
@@ -313,7 +391,7 @@ class StudySession:
                 if t.state == TrialState.FAIL and run.status == "RUNNING":
                     # Its worker died and the driver failed it (Ray): close the run to match.
                     self.tracker.mark_failed([run.run_id], t.user_attrs.get(TrialRecord.FAIL_REASON, "worker died"))
-                if t.state == TrialState.COMPLETE and run.status != "FINISHED":
+                if t.state == TrialState.COMPLETE and run.status != "FINISHED" and TrialRecord.of(t).evaluated:
                     # Killed between `tell` and the MLflow write: the study has what the run lacks.
                     record = TrialRecord.of(t)
                     self.tracker.finish_trial(run.run_id, "COMPLETE", record.metrics,
@@ -340,6 +418,23 @@ class StudySession:
         path, rid = Path(record.deployable_path), record.run_id
         if rid and path.is_file():
             self.tracker.log_model_file(rid, path)
+
+    def record_confirmation(self) -> None:
+        """After `edge_search.confirm.confirm_front`: the confirmed figures on each re-measured trial's
+        MLflow run (``confirmed_latency_ms`` and its interval), the ``pareto`` tags from the confirmed
+        front, the dashboards again."""
+        conf = StudyRecord.of(self.study).confirmation
+        by_number = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        for number, fig in (conf.get("trials") or {}).items():
+            t = by_number.get(int(number))
+            rid = TrialRecord.of(t).run_id if t is not None else None
+            if not rid:
+                continue
+            self.tracker.log_metrics(rid, {"confirmed_latency_ms": fig["median_ms"],
+                                           "confirmed_latency_ci_low_ms": fig["ci_low_ms"],
+                                           "confirmed_latency_ci_high_ms": fig["ci_high_ms"]})
+            self.tracker.set_tags(rid, {"latency_figure": "confirmed", "confirmed_rounds": str(fig.get("rounds", ""))})
+        self.update_front(full=True)
 
     def finish(self, complete: bool) -> None:
         self.update_front(full=True)

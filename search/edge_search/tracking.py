@@ -120,7 +120,8 @@ class Tracker:
         for i in range(0, len(ms), 900):
             self.client.log_batch(run_id, metrics=ms[i:i + 900])
         self.client.log_batch(run_id, tags=ts)
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "INVALID": "KILLED"}.get(state, "FAILED")
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "INVALID": "KILLED",
+                  "DUPLICATE": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(run_id, status=status)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
@@ -131,6 +132,10 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log metrics to any run, finished or not (a confirmation adds its figures to trial runs)."""
+        self.log_parent_metrics(run_id, metrics, step)
 
     def log_parent_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)

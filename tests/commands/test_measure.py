@@ -55,6 +55,15 @@ def test_measure_json(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> No
     s = LatencyStats.from_json(out.strip())
     assert s.device == "host" and len(s.samples_ms) >= 20 and s.median_ms > 0
     assert s.knobs["intra_op_threads"] == 1 and s.knobs["graph_optimization"] == "all"
+    assert s.extra["tries"] >= 2 and s.extra["interval"]["processes"] == 2  # two processes by default
+
+
+def test_measure_processes_option(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["measure", str(model_dir / "static.onnx"), "--processes", "3", "--json", *FAST])
+    s = LatencyStats.from_json(capsys.readouterr().out.strip())
+    assert code == 0 and s.extra["interval"]["processes"] == 3
+    assert main(["measure", str(model_dir / "static.onnx"), "--processes", "0"]) == 2
+    assert "--processes must be at least 1" in capsys.readouterr().err
 
 
 def test_measure_human_output_with_shape(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +71,7 @@ def test_measure_human_output_with_shape(model_dir: Path, capsys: pytest.Capture
                  *FAST])
     out = capsys.readouterr().out
     assert code == 0
-    for label in ("median", "95% CI of median", "p90 / p95 / p99", "CV", "samples", "warm-up", "session load",
+    for label in ("median", "95% interval", "processes", "p90 / p95 / p99", "CV", "samples", "warm-up", "session load",
                   "first inference", "peak memory", "CPU", "cores used", "ONNX Runtime", "CPU steal",
                   "lease wait", "warnings"):
         assert label in out

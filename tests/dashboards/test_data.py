@@ -145,12 +145,15 @@ def test_finish_logged_the_dashboards_once_and_relogging_is_idempotent(study_dir
     def steps() -> list[int]:
         return sorted(m.step for m in client.get_metric_history(parent, HYPERVOLUME_METRIC))
 
-    assert steps() == [t.number for t in study.trials if t.state.name == "COMPLETE"]
+    # one hypervolume step per evaluated configuration (failure and duplicate entries have no figures)
+    evaluated = [t.number for t in study.trials
+                 if t.state.name == "COMPLETE" and t.user_attrs.get("outcome", "evaluated") == "evaluated"]
+    assert steps() == evaluated
     assert REFERENCE_ATTR in study.user_attrs
     arts = {a.path for d in (None, "dashboards") for a in client.list_artifacts(parent, d)}
     assert {REPORT_ARTIFACT, FRONT_TABLE_ARTIFACT} <= arts
     log_study_dashboards(study, tracker, parent)  # as a resumed run's finish() would
-    assert steps() == [t.number for t in study.trials if t.state.name == "COMPLETE"]
+    assert steps() == evaluated
     table = json.loads(tracker.read_text(parent, FRONT_TABLE_ARTIFACT))
     assert [row[0] for row in table["data"]] == [p.trial for p in pareto_points(study)]
     logged = json.loads(client.get_run(parent).data.tags["mlflow.loggedArtifacts"])

@@ -34,7 +34,7 @@ from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_KIND, BUNDLE_SCHEMA, 
 from edge_search.cache import file_sha256
 from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.errors import InputError
-from edge_search.pareto import front_trials, is_feasible, objective_names
+from edge_search.pareto import confirmed_front, current_front, is_feasible, objective_names, values_with
 from edge_search.records import StudyRecord, TrialRecord
 from edge_search.tracking import Tracker
 
@@ -51,6 +51,13 @@ def get_trial(study: optuna.Study, number: int) -> FrozenTrial:
     t = trials[number]
     if t.state != TrialState.COMPLETE:
         raise InputError(f"trial {number} of study '{study.study_name}' is {t.state.name}, not COMPLETE")
+    record = TrialRecord.of(t)
+    if record.outcome == TrialRecord.DUPLICATE:
+        raise InputError(f"trial {number} of study '{study.study_name}' is a duplicate of trial "
+                         f"{record.get(TrialRecord.DUPLICATE_OF)}: export that one")
+    if record.outcome == TrialRecord.FAILED:
+        raise InputError(f"trial {number} of study '{study.study_name}' failed: "
+                         f"{record.get(TrialRecord.FAIL_REASON, '')}")
     return t
 
 
@@ -163,7 +170,15 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
         "samples": summary.get("samples"), "stop_reason": summary.get("stop_reason"),
         "warnings": summary.get("warnings", []), "measured_at": summary.get("measured_at"),
         "cores_used": ((stats or {}).get("host") or {}).get("cores_used"),
+        "figure": "search",
     }
+    confirmation = confirmed_front(study)
+    confirmed = confirmation[1].get(trial.number) if confirmation is not None else None
+    if confirmed is not None:  # re-measured in interleaved rounds: the figure to trust (edge_search.confirm)
+        latency.update({"median_ms": confirmed["median_ms"], "ci_low_ms": confirmed["ci_low_ms"],
+                        "ci_high_ms": confirmed["ci_high_ms"], "figure": "confirmed",
+                        "confirmed_rounds": confirmed.get("rounds"), "search_median_ms": summary.get("median_ms"),
+                        "warnings": confirmed.get("warnings", [])})
     batch = int(deploy.get("batch_size", 1))
     names = objective_names(study)
     primary = "accuracy" if "accuracy" in metrics else next(iter(metrics), "accuracy")
@@ -175,7 +190,7 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
         "inputs": _input_spec(model, trial, stats, batch), "batch_size": batch,
         "latency": latency,
         "accuracy": metrics.get(primary), "accuracy_metric": primary, "metrics": metrics,
-        "objectives": {n: v for n, v in zip(names, trial.values or (), strict=True)},
+        "objectives": dict(zip(names, values_with(trial, names, confirmed), strict=True)),
         "feasible": is_feasible(trial),
         "config": {"train": train, "deploy": deploy},
         "provenance": {
@@ -211,7 +226,7 @@ def export_front(study: optuna.Study, out: Path, tracker: Tracker | None = None,
                  base_dir: Path = Path()) -> list[Path]:
     """One bundle per front configuration under `out/trial-NNNN/`, and `out/front.json` listing them
     from the most accurate to the least."""
-    trials = front_trials(study)
+    trials = current_front(study)
     if not trials:
         raise InputError(f"study '{study.study_name}' has no feasible trial on its front")
     out.mkdir(parents=True, exist_ok=True)

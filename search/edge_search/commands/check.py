@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     def factory() -> Device:
         if profile.latency.method == "local":
-            return create_device(profile, warmup_max_s=0.5, min_measure_s=0.3)
+            # One worker per round: check's statistics take its rounds as the unit (check/statistics.py).
+            return create_device(profile, warmup_max_s=0.5, min_measure_s=0.3, processes=1, max_retries=1)
         if profile.latency.method == "emulated":
             return create_device(profile, profile_dirs=tuple(args.profiles))
         return create_device(profile)

@@ -46,17 +46,28 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     deploy_keys = sorted({k for p in points for k in p.params if k.startswith("deploy.")})
     train_keys = sorted({k for p in points for k in p.params if k.startswith("train.")})
     varying = [k for k in deploy_keys + train_keys if len({str(p.params.get(k)) for p in points}) > 1]
-    table = Table(title="Pareto front (feasible)")
+    confirmed = any(p.latency and p.latency["source"] == "confirmed" for p in points)
+    table = Table(title="Pareto front (feasible" + (", latency confirmed)" if confirmed else ")"))
     table.add_column("trial", justify="right")
     for n in names:
         table.add_column(n, justify="right")
+    table.add_column("latency 95% interval (ms)", justify="right")
     for k in varying:
         table.add_column(k.split(".", 1)[1])
     for p in sorted(points, key=lambda p: p.values[names[-1]]):
-        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names),
+        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names), _interval(p),
                *(_short(p.params.get(k)) for k in varying)]
         table.add_row(*row)
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+def _interval(p: ParetoPoint) -> str:
+    """``[0.61, 0.66] confirmed`` / ``[0.5, 0.7] search`` (where the figure comes from)."""
+    lat = p.latency or {}
+    if lat.get("ci_low_ms") is None or lat.get("ci_high_ms") is None:
+        return ""
+    flag = " !" if any(w.startswith(("contended", "unstable")) for w in lat.get("warnings") or []) else ""
+    return f"[{lat['ci_low_ms']:.4g}, {lat['ci_high_ms']:.4g}] {lat.get('source', '')}{flag}"
 
 
 def _short(v: object) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 from optuna.study import StudyDirection
 
-from edge_search.pareto import front_trials, is_feasible, objective_names
+from edge_search.pareto import confirmed_front, current_front, is_feasible, objective_names
 from edge_search.records import StudyRecord, TrialRecord
 
 if TYPE_CHECKING:
@@ -48,6 +48,17 @@ class TrialPoint:
     on_front: bool
     latency_source: str
     run_id: str | None
+    confirmed: dict[str, Any] | None = None
+    """The confirmed latency (`edge_search.confirm`: median, interval, rounds, the objective values it
+    changes) when the study's last confirmation re-measured this trial and still holds."""
+    latency: dict[str, Any] = field(default_factory=dict)
+    """The trial's own measurement summary (`TrialRecord.latency_summary`)."""
+
+    @property
+    def shown_values(self) -> dict[str, float]:
+        """Objective values with the confirmed latency metrics where there are some."""
+        changed = (self.confirmed or {}).get("metrics") or {}
+        return {k: float(changed.get(k, v)) for k, v in self.values.items()}
 
 
 @dataclass(frozen=True)
@@ -170,16 +181,19 @@ def directions(study: optuna.Study) -> list[str]:
 def trial_points(study: optuna.Study) -> list[TrialPoint]:
     """Complete trials with their objectives, knobs, feasibility and front membership."""
     names = objective_names(study)
-    on_front = {t.number for t in front_trials(study)}
+    on_front = {t.number for t in current_front(study)}
+    confirmation = confirmed_front(study)
+    confirmed = confirmation[1] if confirmation is not None else {}
     points = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.values is None:
+        if t.values is None or not TrialRecord.of(t).evaluated:  # failure and duplicate entries: no figures
             continue
         record = TrialRecord.of(t)
         points.append(TrialPoint(
             number=t.number, values=dict(zip(names, t.values, strict=True)), params=record.config_params,
             metrics=record.metrics, feasible=is_feasible(t), on_front=t.number in on_front,
-            latency_source=str(record.latency_source or ""), run_id=record.run_id))
+            latency_source=str(record.latency_source or ""), run_id=record.run_id,
+            confirmed=confirmed.get(t.number), latency=record.latency))
     return sorted(points, key=lambda p: p.number)
 
 

@@ -45,13 +45,21 @@ table.sortable th[data-dir=desc]::after { content: " \\25BC"; }
 
 
 def front_table(data: StudyData) -> tuple[list[str], list[list[Any]]]:
-    """The front as (columns, rows): trial, objectives, latency source, the knobs that vary, run id."""
+    """The front as (columns, rows): trial, objectives (confirmed latency where confirmed), the
+    latency's 95 % interval and where it comes from (``confirmed`` in N rounds, or the ``search``
+    measurement), latency source, the knobs that vary, run id."""
     knobs = data.varying_knobs()
-    columns = ["trial", *data.objectives, "latency_source", *(k.split(".", 1)[-1] for k in knobs),
-               "mlflow_run_id"]
-    rows = [[t.number, *(t.values[o] for o in data.objectives), t.latency_source,
-             *(t.params.get(k) for k in knobs), t.run_id or ""]
-            for t in data.front]
+    columns = ["trial", *data.objectives, "latency 95% interval (ms)", "latency figure", "latency_source",
+               *(k.split(".", 1)[-1] for k in knobs), "mlflow_run_id"]
+    rows = []
+    for t in data.front:
+        lat = t.confirmed or t.latency
+        interval = (f"[{lat['ci_low_ms']:.4g}, {lat['ci_high_ms']:.4g}]"
+                    if lat.get("ci_low_ms") is not None and lat.get("ci_high_ms") is not None else "")
+        figure = f"confirmed ({t.confirmed.get('rounds', 0)} rounds)" if t.confirmed else "search"
+        shown = t.shown_values
+        rows.append([t.number, *(shown[o] for o in data.objectives), interval, figure, t.latency_source,
+                     *(t.params.get(k) for k in knobs), t.run_id or ""])
     return columns, rows
 
 

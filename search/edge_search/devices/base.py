@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +91,16 @@ class Device(abc.ABC):
         model, more threads than the device allows, a provider it lacks) and `EdgeSearchError` when
         the device fails; the trial then fails with that reason.
         """
+
+    def measure_round(self, requests: Sequence[MeasureRequest]) -> list[LatencyStats]:
+        """One confirmation round (`edge_search.confirm`): every request measured once, in the order
+        given, under conditions as alike as the device can make them; one `LatencyStats` per
+        request, in that order.
+
+        Optional: the default measures each request in turn with `measure`. `LocalDevice` runs the
+        whole round in one fresh worker process.
+        """
+        return [self.measure(r) for r in requests]
 
     def profile_nodes(self, request: MeasureRequest, runs: int = 20) -> list[NodeTiming]:
         """Per-node kernel times (ONNX Runtime's profiler) over `runs` runs after warm-up, slowest first.

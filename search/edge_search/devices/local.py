@@ -1,11 +1,16 @@
-"""`LocalDevice`: latency measured on this machine, in a pinned worker process under a device lease.
+"""`LocalDevice`: latency measured on this machine, in pinned worker processes under a device lease.
 
-Each `measure` call takes the device lease, starts a fresh worker process
-(``python -m edge_search.devices.worker``), hands it the request and the allowed cores, and waits
-for its `LatencyStats`. A fresh process per measurement costs about a second of start-up but buys
-three things: a fresh session by construction, an honest peak-memory figure (the process's own
-high-water mark), and no state (allocator arenas, thread pools, caches) carried from one model to
-the next. The search process itself never runs a measured inference.
+Each `measure` call takes the device lease and runs `processes` fresh worker processes one after
+the other (``python -m edge_search.devices.worker``), each with the request and the allowed cores,
+and combines their `LatencyStats` (`edge_search.devices.processes`): the process is the unit of
+the interval, because fresh processes land several per cent apart on a VM. A worker the engine
+flags `contended` or `unstable` is replaced by a new one after a short pause, at most
+`max_retries` times per measurement; the result records ``extra["tries"]``. A fresh process per
+figure costs about half a second of start-up but buys a fresh session by construction, an honest
+peak-memory figure (the process's own high-water mark), and no state (allocator arenas, thread
+pools, caches) carried from one model to the next. The search process itself never runs a
+measured inference. `measure_round` measures several models in ONE worker, in a given order (a
+confirmation round).
 
 The lease is keyed on the machine (``local@<hostname>``), not on the profile, because two profiles
 that pin different cores of one machine still share its caches and memory bandwidth.
@@ -19,17 +24,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from edge_search.devices.base import Device, MeasureRequest, NodeTiming
 from edge_search.devices.lease import DeviceLease, FileLease
+from edge_search.devices.noise import HostNoise
+from edge_search.devices.processes import combine_processes, contention, needs_retry
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import EdgeSearchError, InputError
 
 #: Seconds a worker gets on top of the request's own time budget (start-up, session load, warm-up).
 WORKER_OVERHEAD_S = 90.0
+#: Pause before replacing a flagged worker (doubled each time): contention often comes in bursts.
+RETRY_PAUSE_S = 0.5
 
 
 def allowed_cores(profile: DeviceProfile) -> tuple[int, ...]:
@@ -67,12 +77,20 @@ class LocalDevice(Device):
 
     def __init__(self, profile: DeviceProfile, *, lease: DeviceLease | None = None,
                  lease_timeout_s: float | None = None, worker_timeout_s: float | None = None,
-                 allow_spinning: bool = True, seed: int = 0, warmup_max_s: float = 2.0,
-                 min_measure_s: float = 0.5, nice: int | None = -10, python: str | None = None) -> None:
+                 allow_spinning: bool = True, seed: int = 0, warmup_max_s: float = 1.0,
+                 min_measure_s: float = 0.25, nice: int | None = -10, python: str | None = None,
+                 processes: int = 2, max_retries: int = 2, noise: HostNoise | None = None,
+                 autogroup: bool = True) -> None:
         """`lease_timeout_s` None waits for the device for ever; `worker_timeout_s` None derives
-        a limit from each request (its time cap plus warm-up plus `WORKER_OVERHEAD_S`); the
-        repetition phase lasts at least `min_measure_s` (within the request's time cap); `nice` is
-        the scheduling niceness the worker asks for (negative needs privileges; None: inherit)."""
+        a limit from each request (its time cap plus warm-up plus `WORKER_OVERHEAD_S`); each
+        worker's repetition phase lasts at least `min_measure_s` (within the request's time cap);
+        `nice` is the scheduling niceness the worker asks for (negative needs privileges; None:
+        inherit); `processes` workers make one measurement, and up to `max_retries` more replace
+        flagged ones; `noise` is the host's noise model (default: this host's store); `autogroup`
+        False keeps workers in the caller's autogroup (their niceness then orders them only against
+        this session's own work)."""
+        if processes < 1 or max_retries < 0:
+            raise InputError("a measurement needs at least 1 worker process and max_retries >= 0")
         if profile.latency.method != "local":
             raise InputError(f"device '{profile.name}' has latency.method '{profile.latency.method}', "
                              "not 'local'")
@@ -89,6 +107,10 @@ class LocalDevice(Device):
         self.min_measure_s = min_measure_s
         self.nice = nice
         self.python = python or sys.executable
+        self.processes = processes
+        self.max_retries = max_retries
+        self.noise = noise if noise is not None else HostNoise()
+        self.autogroup = autogroup
 
     # --- checks --------------------------------------------------------------------------------
 
@@ -117,15 +139,18 @@ class LocalDevice(Device):
 
     # --- the worker ----------------------------------------------------------------------------
 
-    def _payload(self, request: MeasureRequest, mode: Literal["measure", "profile"], runs: int = 20) -> str:
+    def _payload(self, request: MeasureRequest, mode: Literal["measure", "profile", "rounds"], runs: int = 20,
+                 batch: Sequence[MeasureRequest] = ()) -> str:
         from edge_search.devices.worker.request import WorkerRequest
 
-        wr = WorkerRequest(mode=mode,
-                           device=self.name, request=request.model_copy(
-                               update={"model_path": Path(request.model_path).resolve()}),
+        def absolute(r: MeasureRequest) -> MeasureRequest:
+            return r.model_copy(update={"model_path": Path(r.model_path).resolve()})
+
+        wr = WorkerRequest(mode=mode, device=self.name, request=absolute(request),
+                           batch=tuple(absolute(r) for r in batch),
                            cores=self.cores, allow_spinning=self.allow_spinning, seed=self.seed,
                            warmup_max_s=self.warmup_max_s, min_measure_s=self.min_measure_s,
-                           nice=self.nice, profile_runs=runs)
+                           nice=self.nice, profile_runs=runs, autogroup=self.autogroup)
         return wr.model_dump_json()
 
     def _timeout(self, request: MeasureRequest, extra_s: float = 0.0) -> float:
@@ -167,24 +192,67 @@ class LocalDevice(Device):
     # --- the Device API ------------------------------------------------------------------------
 
     def measure(self, request: MeasureRequest) -> LatencyStats:
-        """Measure `request` in a fresh pinned worker while holding the device lease.
+        """Measure `request` in `processes` fresh pinned workers while holding the device lease.
 
+        A worker flagged `contended`/`unstable` is replaced (after a pause) while the retry budget
+        allows; when it does not, the least contended results are used and their warnings stay.
         The result's ``lease_wait_s`` is the time spent waiting for the lease, ``started_at`` and
-        ``ended_at`` (``time.time()``) bound the lease-held interval that contains the whole worker.
+        ``ended_at`` (``time.time()``) bound the lease-held interval that contains every worker.
         """
         self.check(request)
         payload = self._payload(request, "measure")
+        threads = _threads(request)
+        prior = self.noise.prior(threads)
+        used: list[LatencyStats] = []
+        flagged: list[LatencyStats] = []
+        budget = self.processes + self.max_retries
         with self.lease.acquire(self.lease_name, self.lease_timeout_s) as handle:
             started = time.time()
-            result = self._run_worker(payload, self._timeout(request), Path(request.model_path))
+            tries = 0
+            while len(used) < self.processes:
+                stats = self._one_worker(payload, request)
+                tries += 1
+                if needs_retry(stats) and budget - tries >= self.processes - len(used):
+                    flagged.append(stats)
+                    time.sleep(RETRY_PAUSE_S * 2 ** (len(flagged) - 1))
+                    continue
+                used.append(stats)
             ended = time.time()
+        # Every try flagged: of all of them, keep the least contended as the figure.
+        if all(needs_retry(s) for s in used) and flagged:
+            pool = sorted(used + flagged, key=contention)
+            used, flagged = pool[: self.processes], pool[self.processes:]
+        if len(used) > 1:
+            self.noise.record_processes(threads, [s.median_ms for s in used])
+        stats = combine_processes(used, prior, discarded=flagged)
+        return stats.model_copy(update={"lease_wait_s": handle.wait_s, "started_at": started,
+                                        "ended_at": ended})
+
+    def _one_worker(self, payload: str, request: MeasureRequest) -> LatencyStats:
+        result = self._run_worker(payload, self._timeout(request), Path(request.model_path))
         try:
-            stats = LatencyStats.from_json(json.dumps(result))
+            return LatencyStats.from_json(json.dumps(result))
         except ValueError as err:
             raise EdgeSearchError(f"measuring {request.model_path}: unreadable worker result: {err}"
                                   ) from None
-        return stats.model_copy(update={"lease_wait_s": handle.wait_s, "started_at": started,
-                                        "ended_at": ended})
+
+    def measure_round(self, requests: Sequence[MeasureRequest]) -> list[LatencyStats]:
+        """One confirmation round: every request measured once, in the given order, in ONE fresh
+        worker process (one session at a time), under the device lease. Returns one single-process
+        `LatencyStats` per request, in the order given."""
+        if not requests:
+            return []
+        for r in requests:
+            self.check(r)
+        payload = self._payload(requests[0], "rounds", batch=requests)
+        timeout = sum(self._timeout(r) - WORKER_OVERHEAD_S for r in requests) + WORKER_OVERHEAD_S
+        with self.lease.acquire(self.lease_name, self.lease_timeout_s):
+            result = self._run_worker(payload, timeout, Path(requests[0].model_path))
+        try:
+            return [LatencyStats.model_validate(r) for r in result["results"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise EdgeSearchError(f"a confirmation round on '{self.name}' returned an unreadable result: {err}"
+                                  ) from None
 
     def profile_nodes(self, request: MeasureRequest, runs: int = 20) -> list[NodeTiming]:
         """Per-node mean kernel times (ORT profiler) over `runs` runs after warm-up, slowest first."""
@@ -196,3 +264,9 @@ class LocalDevice(Device):
             result = self._run_worker(payload, self._timeout(request, extra_s=60.0), Path(request.model_path))
         return [NodeTiming(name=n["name"], op_type=n["op_type"], mean_us=float(n["mean_us"]),
                            count=int(n["count"]), provider=n.get("provider", "")) for n in result["nodes"]]
+
+
+def _threads(request: MeasureRequest) -> int:
+    """Threads a request's inference runs on (the key of the host's noise model)."""
+    k = request.session
+    return k.intra_op_threads * (k.inter_op_threads if k.execution_mode == "parallel" else 1)

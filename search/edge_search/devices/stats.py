@@ -117,6 +117,29 @@ class LatencyStats(StrictModel):
                    **data)
 
 
+def _binom_cdf(n: int, q: float) -> np.ndarray:
+    """CDF of Binomial(n, q) at 0..n, from log-factorials (numpy only: importing scipy.stats costs a
+    worker process 0.5-1.4 s of start-up, more than the repetition phase itself)."""
+    k = np.arange(n + 1)
+    logfact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=float)))))
+    if q <= 0.0 or q >= 1.0:
+        return np.where(k >= (0 if q <= 0.0 else n), 1.0, 0.0)
+    logpmf = logfact[n] - logfact[k] - logfact[n - k] + k * math.log(q) + (n - k) * math.log1p(-q)
+    return np.minimum(np.cumsum(np.exp(logpmf)), 1.0)
+
+
+def _binom_ppf(a: float, n: int, q: float) -> int:
+    """Smallest k with P(X <= k) >= a for X ~ Binomial(n, q) (scipy's `binom.ppf`)."""
+    cdf = _binom_cdf(n, q)
+    return min(int(np.searchsorted(cdf, a * (1 - 1e-12), side="left")), n)
+
+
+def _binom_isf(a: float, n: int, q: float) -> int:
+    """Smallest k with P(X > k) <= a for X ~ Binomial(n, q) (scipy's `binom.isf`)."""
+    cdf = _binom_cdf(n, q)
+    return min(int(np.searchsorted(cdf, (1.0 - a) * (1 - 1e-12), side="left")), n)
+
+
 def quantile_ci(samples: Sequence[float] | np.ndarray, q: float, confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the `q` quantile from binomial order statistics.
 
@@ -129,10 +152,8 @@ def quantile_ci(samples: Sequence[float] | np.ndarray, q: float, confidence: flo
     if n == 0:
         raise ValueError("no samples")
     alpha = 1.0 - confidence
-    from scipy import stats as sps  # imported here: scipy.stats takes ~1 s to import
-
-    lo = max(int(sps.binom.ppf(alpha / 2.0, n, q)) - 1, 0)  # ppf gives a count; indices are zero-based
-    hi = min(int(sps.binom.isf(alpha / 2.0, n, q)), n - 1)
+    lo = max(_binom_ppf(alpha / 2.0, n, q) - 1, 0)  # ppf gives a count; indices are zero-based
+    hi = min(_binom_isf(alpha / 2.0, n, q), n - 1)
     return float(x[lo]), float(x[hi])
 
 

@@ -1,8 +1,12 @@
-"""The embedded driver: an ask/tell loop over an Optuna study, until N trials have finished."""
+"""The embedded driver: an ask/tell loop over an Optuna study, until N distinct configurations have
+been evaluated (duplicates are recorded and skipped, failures told to the sampler as infeasible;
+see `edge_search.drivers.ledger`)."""
 
 from __future__ import annotations
 
+import enum
 import logging
+import random
 import time
 import traceback
 
@@ -11,8 +15,9 @@ from optuna.trial import TrialState
 
 from edge_search.config import DeployConfig, TrialConfig
 from edge_search.drivers.base import DriverOptions
+from edge_search.drivers.ledger import SpaceGrid, StudyLedger
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
-from edge_search.pipeline import GatedOut, Pipeline, StoppedEarly
+from edge_search.pipeline import GatedOut, Pipeline, StageFailed, StoppedEarly
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
 from edge_search.space import suggest_config
@@ -30,15 +35,41 @@ def build_config(session: StudySession, trial: optuna.Trial, cores: int) -> Tria
         raise InvalidConfig(str(err).splitlines()[0]) from None
 
 
-def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
-              tell: bool = True) -> tuple[TrialState, str]:
-    """Evaluate one asked trial and record it; returns its final state and a one-line summary.
+class Outcome(enum.Enum):
+    """What became of one asked trial."""
 
-    Invalid and failed trials are always told here; a complete one only with `tell` (Ray's
-    searcher tells complete trials itself)."""
+    EVALUATED = "evaluated"
+    """A configuration evaluated for the first time: complete, counted."""
+    DUPLICATE = "duplicate"
+    """A configuration the study already has: recorded, not evaluated, not counted."""
+    FAILED = "failed"
+    """A deterministic failure (or a configuration that cannot be deployed): told as infeasible."""
+    PRUNED = "pruned"
+    """Stopped by the latency gate or early stopping."""
+    CRASHED = "crashed"
+    """A transient error (a worker crash, a timeout): FAIL, to be retried."""
+
+
+def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial, tell: bool = True,
+              ledger: StudyLedger | None = None) -> tuple[Outcome, str]:
+    """Evaluate one asked trial and record it; returns what became of it and a one-line summary.
+
+    Duplicates, failures and pruned trials are always told here; an evaluated one only with `tell`
+    (Ray's searcher tells complete trials itself). `ledger`: the study's configurations as the
+    driver last read them (None: read now)."""
+    if ledger is None:
+        ledger = StudyLedger(session.study)
+        ledger.scan()
     run_id: str | None = None
+    key: str | None = None
     try:
         config = build_config(session, trial, pipeline.device_cores)
+        key = pipeline.config_key(config)
+        original = ledger.find(key)
+        if original is not None:
+            session.record_duplicate(trial, original)
+            return Outcome.DUPLICATE, f"trial {trial.number} duplicate of trial {original.number}"
+        trial.set_user_attr(TrialRecord.CONFIG_KEY, key)
         run_id = session.begin_trial(trial, config)
         pipeline.check(config)
         result = pipeline.evaluate(config)
@@ -46,55 +77,113 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial,
         trial.set_user_attr(TrialRecord.STOPPED, "early-stop")
         trial.set_user_attr(TrialRecord.VAL_CURVE, TrialRecord.curve_attr(err.curve))
         session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
-        return TrialState.PRUNED, f"trial {trial.number} {err}"
+        return Outcome.PRUNED, f"trial {trial.number} {err}"
     except GatedOut as err:
         trial.set_user_attr(TrialRecord.STOPPED, "latency-gate")
         session.reject_trial(trial, run_id, TrialState.PRUNED, str(err))
-        return TrialState.PRUNED, f"trial {trial.number} stopped by the {err}"
+        return Outcome.PRUNED, f"trial {trial.number} stopped by the {err}"
     except InvalidConfig as err:
-        session.reject_trial(trial, run_id, TrialState.PRUNED, f"invalid: {err}")
-        return TrialState.PRUNED, f"trial {trial.number} invalid: {err}"
+        session.record_failure(trial, run_id, cause="invalid", reason=f"invalid: {err}", stage="check")
+        return Outcome.FAILED, f"trial {trial.number} invalid: {err}"
+    except StageFailed as err:
+        log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
+        session.record_failure(trial, run_id, cause=err.cause, reason=err.reason, stage=err.stage)
+        return Outcome.FAILED, f"trial {trial.number} failed ({err.cause}): {err}"
     except InputError:
         raise
     except Exception as err:  # a failed trial must not end the study
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         log.debug("trial %d failed:\n%s", trial.number, traceback.format_exc())
         session.reject_trial(trial, run_id, TrialState.FAIL, reason)
-        return TrialState.FAIL, f"trial {trial.number} failed: {reason}"
+        return Outcome.CRASHED, f"trial {trial.number} failed: {reason}"
     assert run_id is not None
+    original = ledger.find(result.identity)
+    if original is not None:  # written differently, built the same: one configuration after all
+        session.record_duplicate(trial, original, run_id=run_id)
+        return Outcome.DUPLICATE, f"trial {trial.number} duplicate of trial {original.number} (same model)"
     session.complete_trial(trial, run_id, result, tell=tell)
     vals = ", ".join(f"{k}={result.metrics[k]:.4g}" for k in session.space.objective_names)
     cached = "+".join(k for k, v in result.cache_hits.items() if v)
-    return TrialState.COMPLETE, f"trial {trial.number} {vals}" + (f" (cached: {cached})" if cached else "")
+    tries = result.latency.extra.get("tries", 1)
+    retried = f", measured in {tries} worker processes" if result.latency.extra.get("discarded") else ""
+    return Outcome.EVALUATED, (f"trial {trial.number} {vals}" + (f" (cached: {cached})" if cached else "")
+                               + retried)
 
 
 def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
                options: DriverOptions | None = None, *, max_consecutive_rejects: int = 50,
-               wait_s: float = 1.0) -> None:
+               max_consecutive_duplicates: int = 10, wait_s: float = 1.0) -> None:
     """The embedded `Driver`: ask and evaluate trials in this process until the study holds
-    `n_trials` complete ones (`options` are not needed: one trial at a time, here).
+    `n_trials` distinct evaluated configurations (`options` are not needed: one trial at a time).
 
-    Invalid configurations and failures do not count; after `max_consecutive_rejects` of them in a
-    row the run stops with the last reason rather than loop forever.
+    Duplicates and failures do not count. After `max_consecutive_duplicates` duplicate proposals in
+    a row the next trial is a configuration not seen yet (from the enumerated space, else one random
+    proposal); when a discrete space has no unseen configuration left, the run ends and says so.
+    After `max_consecutive_rejects` failures in a row the run stops with the last reason rather
+    than loop forever.
     """
-    rejects = 0
-    while session.n_complete() < n_trials:
+    ledger = StudyLedger(session.study)
+    grid = SpaceGrid.of(session.space, pipeline)
+    rng = random.Random(len(session.study.trials))
+    if grid is not None and len(grid) < n_trials:
+        progress.note(f"the space has {len(grid)} distinct deployable configurations: fewer than --trials "
+                      f"{n_trials}; the run ends when it has seen them all")
+    rejects = duplicates = 0
+    while True:
+        ledger.scan()
+        if session.n_complete() >= n_trials:
+            break
+        if grid is not None and grid.exhausted(ledger):
+            t = ledger.tally
+            progress.note(f"space exhausted: all {len(grid)} distinct configurations seen "
+                          f"({t.evaluated} evaluated, failed {t.failures_text()}); ending the run")
+            break
         if session.n_complete() + session.n_running() >= n_trials:
             # Other processes share the study and run the last trials: wait for them rather than
             # overshoot; if one of them dies, its trial is recovered and redone here.
             time.sleep(wait_s)
             session.recover_orphans()
             continue
-        trial = session.study.ask()
-        state, line = run_trial(session, pipeline, trial)
-        if state == TrialState.COMPLETE:
+        if duplicates >= max_consecutive_duplicates:
+            duplicates = 0
+            params = grid.pick_unseen(ledger, rng) if grid is not None else None
+            if params is not None:
+                session.study.enqueue_trial(params, user_attrs={TrialRecord.SEED_REASON: "not seen yet (the "
+                                                                 "sampler repeated itself)"})
+                trial = session.study.ask()
+            else:
+                trial = _ask_randomly(session, rng)
+        else:
+            trial = session.study.ask()
+        outcome, line = run_trial(session, pipeline, trial, ledger=ledger)
+        if outcome == Outcome.DUPLICATE:
+            duplicates += 1
+            if duplicates > 10 * max_consecutive_duplicates and grid is None:
+                raise EdgeSearchError(f"{duplicates} proposals in a row were configurations the study already "
+                                      "has; the space looks exhausted")
+        else:
+            duplicates = 0
+        if outcome == Outcome.EVALUATED:
             rejects = 0
             session.update_front()
-        else:
+        elif outcome in (Outcome.FAILED, Outcome.PRUNED, Outcome.CRASHED):
             rejects += 1
             if rejects >= max_consecutive_rejects:
                 raise EdgeSearchError(f"{rejects} configurations in a row were invalid or failed; last: {line}")
-        progress.update(session.n_complete(), line, len(session.front), best_summary(session))
+        if outcome != Outcome.DUPLICATE:
+            ledger.scan()
+            progress.update(session.n_complete(), line, len(session.front), best_summary(session),
+                            tally=ledger.tally.line())
+
+
+def _ask_randomly(session: StudySession, rng: random.Random) -> optuna.Trial:
+    """One trial proposed by a random sampler (the study's own sampler keeps proposing what it has)."""
+    sampler = session.study.sampler
+    session.study.sampler = optuna.samplers.RandomSampler(seed=rng.randrange(1 << 30))
+    try:
+        return session.study.ask()
+    finally:
+        session.study.sampler = sampler
 
 
 def best_summary(session: StudySession) -> str:

@@ -8,8 +8,11 @@ not care which back-end ran. Ray's pitfalls, handled here:
 - Ray changes each trial's working directory: every store path is made absolute before the trial
   is shipped (`WorkerSpec`), never relative.
 - A multi-objective `OptunaSearch` leaves a trial RUNNING in Optuna unless every objective key is
-  reported: workers always report all of them; invalid or failed trials are told PRUNED / FAIL
-  by the worker itself first (the searcher's later `tell` on a finished trial is ignored).
+  reported: workers always report all of them; duplicates, failures and pruned trials are told by
+  the worker itself first (the searcher's later `tell` on a finished trial is ignored).
+- Duplicate proposals are recorded and not counted, as in the embedded driver; a discrete space's
+  exhaustion is detected only by the embedded driver (a Ray round of nothing but duplicates
+  stops the run with its "finished no trial" error).
 - Device measurements stay exclusive across workers and machines: a named Ray actor per device
   (`RayDeviceLease`), taken before the machine's own file lock.
 """
@@ -30,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from edge_search.devices.lease import DeviceLease, FileLease, LeaseHandle, LeaseTimeout
 from edge_search.drivers.base import DriverOptions
@@ -191,18 +193,18 @@ def evaluate_in_worker(config: dict[str, Any], spec: WorkerSpec) -> dict[str, fl
     """The Ray trainable: evaluate the Optuna trial named in `config`, report every objective."""
     from ray import tune
 
-    from edge_search.drivers.optuna import run_trial
+    from edge_search.drivers.optuna import Outcome, run_trial
 
     session, pipeline = _worker_state(spec)
     trial = optuna.Trial(session.study, int(config[TRIAL_ID_KEY]))
-    state, _line = run_trial(session, pipeline, trial, tell=False)
+    outcome, _line = run_trial(session, pipeline, trial, tell=False)
     names = session.space.objective_names
-    if state == TrialState.COMPLETE:
+    if outcome == Outcome.EVALUATED:
         metrics = TrialRecord.of(session.study._storage.get_trial(trial._trial_id)).metrics
         report = {n: metrics[n] for n in names}
     else:
-        report = dict.fromkeys(names, math.nan)  # already told PRUNED/FAIL by run_trial
-    report["edge_search_state"] = float(state.value)
+        report = dict.fromkeys(names, math.nan)  # already told (duplicate, failed, pruned) by run_trial
+    report["edge_search_outcome"] = float(list(Outcome).index(outcome))
     tune.report(report)
     return report
 

@@ -93,6 +93,34 @@ def others_pct(before: CpuTimes, after: CpuTimes, own_cpu_s: float) -> float | N
     return max(0.0, 100.0 * (d_busy - own_cpu_s * hz) / d_total)
 
 
+def read_schedstat() -> tuple[int, int] | None:
+    """(CPU ns, run-queue wait ns) summed over this process's threads; None without schedstat.
+
+    ``/proc/self/task/<tid>/schedstat`` holds, per thread, the time it ran and the time it was
+    runnable but waited for a CPU. The wait of the threads that run inferences is the contention a
+    measurement really suffered, whatever the rest of the machine does.
+    """
+    run = wait = 0
+    found = False
+    for path in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            fields = path.read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return (run, wait) if found else None
+
+
+def runq_wait_pct(before: tuple[int, int] | None, after: tuple[int, int] | None, wall_s: float,
+                  threads: int) -> float | None:
+    """Share (%) of `wall_s` x `threads` that this process's threads spent waiting for a CPU
+    between two `read_schedstat` calls (None when unknown)."""
+    if before is None or after is None or wall_s <= 0 or threads < 1:
+        return None
+    return max(0.0, 100.0 * (after[1] - before[1]) / 1e9 / (wall_s * threads))
+
+
 def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

@@ -13,9 +13,12 @@ from edge_search.schema import StrictModel
 class WorkerRequest(StrictModel):
     """Everything one worker run needs; `LocalDevice` builds it, the worker reads it as JSON."""
 
-    mode: Literal["measure", "profile"] = "measure"
+    mode: Literal["measure", "profile", "rounds"] = "measure"
     device: str
     request: MeasureRequest
+    batch: tuple[MeasureRequest, ...] = ()
+    """``mode: rounds``: the requests to measure one after the other in this process (`request` is
+    then the first of them)."""
     cores: tuple[int, ...] = Field(min_length=1)
     """CPU cores the worker pins itself to."""
     allow_spinning: bool = True
@@ -32,6 +35,9 @@ class WorkerRequest(StrictModel):
     inherited). A negative value needs root or CAP_SYS_NICE; without it the worker keeps what it
     inherited. On shared cores, background work (a training process, a test run) then yields to the
     measurement instead of time-slicing with it. The value in effect is recorded in ``extra.nice``."""
+    autogroup: bool = True
+    """Also start a session of its own and give its autogroup the niceness `nice` (see
+    `engine.set_priority`); False keeps the caller's autogroup, as the engine did before issue 14."""
     profile_runs: int = Field(default=20, ge=1)
     """Runs recorded by ORT's profiler in ``mode: profile`` (after warm-up)."""
 
