@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,9 @@ from typing import TextIO
 
 from edge_search.cache import ArtifactCache
 from edge_search.devices import create_device
-from edge_search.devices.profile import get_profile
+from edge_search.devices.capabilities import device_capabilities
+from edge_search.devices.emulation.carry import DEFAULT_ERROR_BAND
+from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
 from edge_search.errors import EdgeSearchError, InputError
@@ -17,7 +20,7 @@ from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
-from edge_search.space import SearchSpace, load_space
+from edge_search.space import SearchSpace, load_space, resolve_space
 from edge_search.study import StudySession, make_storage
 from edge_search.tasks import create_task
 from edge_search.tracking import Tracker
@@ -56,6 +59,24 @@ class RunSummary:
     feasible: bool
 
 
+def latency_line(profile: DeviceProfile) -> str:
+    """The first line of a run: where the latency figures come from and, when predicted, how sure they are."""
+    method = profile.latency.method
+    if method == "local":
+        return f"device {profile.name}: latency measured on this machine (pinned worker processes)"
+    if method == "agent":
+        return (f"device {profile.name}: latency measured on the board through "
+                f"{len(profile.latency.agents)} agent(s)")
+    cal = profile.calibration
+    bands = [f"CPU path ±{cal.error_band.value:.0%}" if cal.error_band else
+             f"CPU path ±{DEFAULT_ERROR_BAND:.0%} (uncalibrated default)"]
+    if profile.gpu_providers:
+        gpu = cal.error_band_gpu or cal.error_band
+        bands.append(f"GPU path ±{gpu.value:.0%}" if gpu else f"GPU path ±{DEFAULT_ERROR_BAND:.0%} (default)")
+    return (f"device {profile.name}: latency is PREDICTED, not measured (emulated; interval band "
+            f"{', '.join(bands)}); every figure is labelled latency_source=emulated with its interval")
+
+
 def default_study_name(space: SearchSpace, device: str) -> str:
     return f"{space.name}-{device}"
 
@@ -70,6 +91,11 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     t0 = time.perf_counter()
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
+    stream = progress_stream or sys.stderr
+    print(latency_line(profile), file=stream, flush=True)
+    space, dropped = resolve_space(space, device_capabilities(profile))
+    for line in dropped:
+        print(f"  {line}", file=stream, flush=True)
     task = create_task(space.task.name, space.task.options)
     for name in space.train:
         if name not in task.train_knobs:

@@ -63,12 +63,21 @@ def _open_session(wr: WorkerRequest, ort: Any, so: Any) -> Any:
     path = Path(wr.request.model_path)
     if not path.is_file():
         raise WorkerFailure("input", f"{path}: no such model file")
+    wanted = list(wr.request.session.providers)
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=list(wr.request.session.providers))
+        session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
     except Exception as err:  # InvalidProtobuf, Fail, InvalidGraph, NoSuchFile, ...
         kind = type(err).__name__
         raise WorkerFailure("input", f"{path}: cannot load ONNX model ({kind}): {one_line(str(err), 300)}"
                        ) from None
+    # ONNX Runtime drops a provider it cannot register with only a log line and runs on the rest
+    # (the CPU): that would be a CPU figure labelled as a GPU one, so it is refused here.
+    dropped = [p for p in wanted if p not in session.get_providers()]
+    if dropped:
+        raise WorkerFailure("input", f"{path}: execution provider(s) {', '.join(dropped)} could not be used "
+                                     f"here (the session got {', '.join(session.get_providers())}); refused "
+                                     "rather than measured on a fallback")
+    return session
 
 
 def _feeds(wr: WorkerRequest, session: Any) -> dict[str, np.ndarray]:
