@@ -18,10 +18,28 @@ class ParetoPoint:
     params: dict[str, Any]
     values: dict[str, float]
     mlflow_run_id: str | None
+    latency_source: str | None = None
+    """``measured`` or ``emulated`` (a prediction); None for a trial recorded without it."""
+    latency_interval_ms: tuple[float, float] | None = None
+    """The latency's interval: the CI of the median when measured, the calibrated band when emulated."""
 
     def to_json(self) -> dict[str, Any]:
+        lo, hi = self.latency_interval_ms or (None, None)
         return {"trial": self.trial, "params": self.params, "values": self.values,
+                "latency_source": self.latency_source, "latency_ci_low_ms": lo, "latency_ci_high_ms": hi,
                 "mlflow_run_id": self.mlflow_run_id}
+
+
+def latency_label(source: str | None) -> str:
+    """How a figure's origin reads on the terminal: ``predicted (emulated)`` or ``measured``."""
+    return {"emulated": "predicted (emulated)", "measured": "measured"}.get(source or "", source or "?")
+
+
+def _interval(record: TrialRecord) -> tuple[float, float] | None:
+    metrics, summary = record.metrics, record.latency
+    lo = metrics.get("latency_ci_low_ms", summary.get("ci_low_ms"))
+    hi = metrics.get("latency_ci_high_ms", summary.get("ci_high_ms"))
+    return (float(lo), float(hi)) if lo is not None and hi is not None else None
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -42,10 +60,14 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
     names = objective_names(study)
-    return [ParetoPoint(trial=t.number, params=TrialRecord.of(t).config_params,
-                        values=dict(zip(names, t.values or (), strict=True)),
-                        mlflow_run_id=TrialRecord.of(t).run_id)
-            for t in front_trials(study)]
+    points = []
+    for t in front_trials(study):
+        record = TrialRecord.of(t)
+        points.append(ParetoPoint(trial=t.number, params=record.config_params,
+                                  values=dict(zip(names, t.values or (), strict=True)), mlflow_run_id=record.run_id,
+                                  latency_source=record.latency_source or record.latency.get("source"),
+                                  latency_interval_ms=_interval(record)))
+    return points
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:

@@ -39,6 +39,8 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from edge_search.pareto import latency_label
+
     if not points:
         print("no feasible trial on the front")
         return
@@ -46,14 +48,21 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     deploy_keys = sorted({k for p in points for k in p.params if k.startswith("deploy.")})
     train_keys = sorted({k for p in points for k in p.params if k.startswith("train.")})
     varying = [k for k in deploy_keys + train_keys if len({str(p.params.get(k)) for p in points}) > 1]
-    table = Table(title="Pareto front (feasible)")
+    emulated = any(p.latency_source == "emulated" for p in points)
+    caption = ("latency PREDICTED (emulated), not measured: the interval is the device profile's calibrated "
+               "error band" if emulated else "latency measured: the interval is the CI of the median")
+    table = Table(title="Pareto front (feasible)", caption=caption)
     table.add_column("trial", justify="right")
     for n in names:
         table.add_column(n, justify="right")
+    table.add_column("latency_source")
+    table.add_column("interval (ms)", justify="right")
     for k in varying:
         table.add_column(k.split(".", 1)[1])
     for p in sorted(points, key=lambda p: p.values[names[-1]]):
-        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names),
+        lo_hi = p.latency_interval_ms
+        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names), latency_label(p.latency_source),
+               f"{lo_hi[0]:.4g}-{lo_hi[1]:.4g}" if lo_hi else "-",
                *(_short(p.params.get(k)) for k in varying)]
         table.add_row(*row)
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
