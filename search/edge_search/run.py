@@ -68,11 +68,15 @@ def latency_line(profile: DeviceProfile) -> str:
         return (f"device {profile.name}: latency measured on the board through "
                 f"{len(profile.latency.agents)} agent(s)")
     cal = profile.calibration
-    bands = [f"CPU path ±{cal.error_band.value:.0%}" if cal.error_band else
-             f"CPU path ±{DEFAULT_ERROR_BAND:.0%} (uncalibrated default)"]
-    if profile.gpu_providers:
-        gpu = cal.error_band_gpu or cal.error_band
-        bands.append(f"GPU path ±{gpu.value:.0%}" if gpu else f"GPU path ±{DEFAULT_ERROR_BAND:.0%} (default)")
+    if cal.physics is not None and cal.physics.bands:  # per path: cpu-fp32, cpu-int8, gpu
+        bands = [f"{k.replace('-', ' ').replace('cpu', 'CPU').replace('gpu', 'GPU')} ±{v.value:.0%}"
+                 for k, v in sorted(cal.physics.bands.items())]
+    else:
+        bands = [f"CPU path ±{cal.error_band.value:.0%}" if cal.error_band else
+                 f"CPU path ±{DEFAULT_ERROR_BAND:.0%} (uncalibrated default)"]
+        if profile.gpu_providers:
+            gpu = cal.error_band_gpu or cal.error_band
+            bands.append(f"GPU path ±{gpu.value:.0%}" if gpu else f"GPU path ±{DEFAULT_ERROR_BAND:.0%} (default)")
     return (f"device {profile.name}: latency is PREDICTED, not measured (emulated; interval band "
             f"{', '.join(bands)}); every figure is labelled latency_source=emulated with its interval")
 

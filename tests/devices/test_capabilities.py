@@ -85,6 +85,9 @@ def test_an_emulated_gpu_path_without_calibrated_int8_rates_refuses_int8() -> No
     nano = get_profile("jetson-nano").model_dump(mode="json")
     nano["name"] = "ampere-board"
     nano["accelerator"].update({"precisions": ["fp32", "fp16", "int8"], "unsupported_precisions": {}})
+    rate = {"value": 10.0, "source": "test"}
+    nano["calibration"] = {"source": "test (host-carry rates, no physics block)", "params": {
+        k: rate for k in ("rate.fp32.compute", "rate.int8.compute", "gpu.rate.fp32.compute", "gpu.rate.fp16.compute")}}
     board = parse_profile(nano, "test")
     with pytest.raises(InvalidConfig, match="no calibrated int8 rates on its GPU path"):
         check(board, execution_provider="cuda", precision="int8-static")

@@ -168,7 +168,13 @@ def test_fp16_on_the_gpu_path_is_carried_with_the_gpu_fp16_rates(model: Path, tm
     fp16 = tmp_path / "tiny-fp16.onnx"
     onnx.save(convert_fp16(onnx.load(str(model))), str(fp16))
     host = fake_host()
-    nano = get_profile("jetson-nano")
+    data = get_profile("jetson-nano").model_dump(mode="json")
+    rates = {"gpu.overhead_ms": 1.0, "gpu.rate.fp16.compute": 300.0, "gpu.rate.fp16.memory": 40.0,
+             "gpu.rate.fp32.compute": 150.0, "gpu.rate.fp32.memory": 30.0, "rate.fp32.compute": 3.0,
+             "rate.fp32.memory": 0.5}
+    data["calibration"] = {"source": "test: host-carry rates (no physics block)",
+                           "params": {k: {"value": v, "source": "test"} for k, v in rates.items()}}
+    nano = parse_profile(data, "test")
     s = EmulatedDevice(nano, host=host).measure(
         _req(fp16, providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
     assert s.extra["path"] == "gpu" and s.source == "emulated"
