@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from edge_search.cli import main
+from edge_search.devices.profile import get_profile
 from edge_search.pareto import dominates
 from edge_search.tracking import absolute_sqlite
 from tests.conftest import FAST_MEASURE
@@ -72,8 +73,11 @@ def test_run_logs_trials_front_and_pareto_json(workdir: Path, small_space: Path,
 
     assert main(["pareto", "--study", "digits-small-host", "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
-    assert front and set(front[0]) == {"trial", "params", "values", "mlflow_run_id"}
+    assert front and set(front[0]) == {"trial", "params", "values", "mlflow_run_id", "latency_source",
+                                       "latency_ci_low_ms", "latency_ci_high_ms"}
     assert set(front[0]["values"]) == {"accuracy", "latency_ms", "size_mb"}
+    assert {p["latency_source"] for p in front} == {"measured"}
+    assert all(p["latency_ci_low_ms"] <= p["values"]["latency_ms"] <= p["latency_ci_high_ms"] for p in front)
     by_id = {r.info.run_id: r for r in runs}
     assert all(by_id[p["mlflow_run_id"]].data.tags["pareto"] == "true" for p in front)
     # the smallest model is always on the front; with int8 sampled it is an int8 one
@@ -255,3 +259,43 @@ objectives: [accuracy, latency_ms]
     assert stopped.params == bad and stopped.user_attrs["stopped"] == "early-stop"
     assert "dominated at epoch 2" in stopped.user_attrs["invalid_reason"]
     assert all(t.user_attrs["val_curve"] for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_a_board_profile_says_predicted_with_its_band_on_every_terminal_output(
+        workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --device jetson-nano`: the first line says predicted and the band, every progress line and
+    the front (table and --json) carry latency_source and the interval; the GPU path is searched."""
+    space = tmp_path / "gpu.yaml"
+    space.write_text("""\
+schema_version: 1
+name: digits-gpu
+task: digits-cnn
+train: {epochs: 2, width: 0.5, depth: 1}
+deploy:
+  execution_provider: cuda
+  precision: {choices: [fp32, fp16], available_only: true}
+objectives: [accuracy, latency_ms, size_mb]
+""")
+    assert main(["run", "--device", "jetson-nano", "--space", str(space), "--trials", "2", "--sampler", "random"]) == 0
+    captured = capsys.readouterr()
+    err_lines = captured.err.splitlines()
+    band_cal = get_profile("jetson-nano").calibration.error_band_gpu
+    assert band_cal is not None
+    band = band_cal.value
+    assert "latency is PREDICTED" in err_lines[0] and f"GPU ±{band:.0%}" in err_lines[0], err_lines[0]
+    progress = [ln for ln in err_lines if "trial " in ln and "latency_ms=" in ln]
+    assert progress and all("latency predicted (emulated, GPU path)" in ln and " in [" in ln for ln in progress)
+    assert "predicted (emulated)" in captured.out and "PREDICTED" in captured.out  # the front printed by run
+
+    assert main(["pareto", "--study", "digits-gpu-jetson-nano"]) == 0
+    table = capsys.readouterr().out
+    assert "latency_source" in table and "interval (ms)" in table and "predicted (emulated)" in table
+    assert "latency PREDICTED (emulated)" in table
+
+    assert main(["pareto", "--study", "digits-gpu-jetson-nano", "--json"]) == 0
+    front = json.loads(capsys.readouterr().out)
+    assert front and {p["latency_source"] for p in front} == {"emulated"}
+    for p in front:
+        lat, lo, hi = p["values"]["latency_ms"], p["latency_ci_low_ms"], p["latency_ci_high_ms"]
+        assert lo < lat < hi and hi / lat == pytest.approx(lat / lo, rel=1e-3) and hi / lat >= 1 + band - 1e-3
+        assert p["params"]["deploy.execution_provider"] == "cuda"

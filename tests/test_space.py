@@ -7,8 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 
+from edge_search.devices.capabilities import device_capabilities
+from edge_search.devices.profile import get_profile
 from edge_search.errors import InputError
-from edge_search.space import load_space, suggest_config
+from edge_search.space import load_space, resolve_space, suggest_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -77,7 +79,8 @@ def test_conditional_knobs_and_cores() -> None:
     space = load_space(None)
     trial = optuna.trial.FixedTrial({
         "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 5, "train.batch_size": 64,
-        "train.width": 1.0, "train.depth": 2, "deploy.precision": "fp32", "deploy.sparsity": 0.0,
+        "train.width": 1.0, "train.depth": 2, "deploy.execution_provider": "cpu", "deploy.precision": "fp32",
+        "deploy.sparsity": 0.0,
         "deploy.channel_prune": 0.0, "deploy.finetune_epochs": 0, "deploy.execution_mode": "sequential",
         "deploy.intra_op_threads": 4, "deploy.graph_optimization": "all"})
     cfg = suggest_config(space, trial, cores=4)
@@ -88,7 +91,7 @@ def test_conditional_knobs_and_cores() -> None:
 
 
 def test_threads_range_follows_device_cores() -> None:
-    space = load_space(None)
+    space, _ = resolve_space(load_space(None), device_capabilities(get_profile("host")))
     study = optuna.create_study(directions=space.directions)
     seen = set()
     for _ in range(30):

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 
 from edge_search.devices.base import SessionKnobs
+from edge_search.devices.capabilities import PROVIDERS, DeviceCapabilities
 from edge_search.errors import InvalidConfig
 from edge_search.schema import StrictModel
 
@@ -28,6 +29,7 @@ DEVICE_PRECISION: dict[str, str] = {
     "int8-weight": "fp32", "int4-weight": "fp32",
 }
 
+ExecutionProvider = Literal["cpu", "cuda", "tensorrt"]
 KeepFp32 = Literal["none", "first_last", "depthwise", "first_last_depthwise"]
 QuantizeOpTypes = Literal["all", "conv", "matmul"]
 
@@ -36,6 +38,9 @@ class DeployConfig(StrictModel):
     """Deployment knobs; field names are the names a space's `deploy:` section uses."""
 
     precision: Precision = "fp32"
+    execution_provider: ExecutionProvider = "cpu"
+    """Where the model runs: ONNX Runtime's CPU, CUDA or TensorRT execution provider (`PROVIDERS`);
+    refused on a device that does not offer it (`device_capabilities`), with the reason."""
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     """int8-static: how activation ranges are found: min/max, percentile (both tails cut at
     `calibration_percentile`), or entropy (KL; slow, and it clipped CNN activations too hard)."""
@@ -95,8 +100,10 @@ class DeployConfig(StrictModel):
     """int8-static: like `keep_fp32_top_k`, as a share of the quantisable nodes (rounded)."""
 
     def session(self) -> SessionKnobs:
+        """The ONNX Runtime session knobs, providers included (`PROVIDERS[execution_provider]`)."""
         return SessionKnobs(intra_op_threads=self.intra_op_threads, inter_op_threads=self.inter_op_threads,
-                            graph_optimization=self.graph_optimization, execution_mode=self.execution_mode)
+                            graph_optimization=self.graph_optimization, execution_mode=self.execution_mode,
+                            providers=PROVIDERS[self.execution_provider])
 
     @property
     def quantized(self) -> bool:
@@ -205,10 +212,12 @@ class TrialConfig(StrictModel):
 
 def check_deploy(deploy: DeployConfig, *, device_cores: int, device_precisions: tuple[str, ...],
                  task_can_prune_channels: bool, task_can_finetune: bool,
-                 task_can_resize_inputs: bool = False) -> None:
+                 task_can_resize_inputs: bool = False, capabilities: DeviceCapabilities | None = None) -> None:
     """Raise `InvalidConfig` with the reason when the knobs cannot be deployed as asked.
 
     `task_can_resize_inputs`: the task accepts `input_resolution` (bring-your-own-model tasks).
+    `capabilities`: the device's execution providers and each one's precisions (then they, not
+    `device_precisions`, decide); without them only the `cpu` provider is accepted.
     """
     threads = deploy.intra_op_threads * (deploy.inter_op_threads if deploy.execution_mode == "parallel" else 1)
     if deploy.intra_op_threads > device_cores:
@@ -219,7 +228,17 @@ def check_deploy(deploy: DeployConfig, *, device_cores: int, device_precisions: 
     if deploy.execution_mode == "sequential" and deploy.inter_op_threads > 1:
         raise InvalidConfig("inter_op_threads > 1 has no effect in sequential execution mode")
     needed = DEVICE_PRECISION[deploy.precision]
-    if needed not in device_precisions:
+    if capabilities is not None:
+        path = capabilities.path(deploy.execution_provider)
+        if needed not in path.precisions:
+            why = path.refused_precisions.get(needed)
+            raise InvalidConfig(f"precision {deploy.precision} is not supported on {path.label} of device "
+                                f"'{capabilities.device}' (supported there: {', '.join(path.precisions)})"
+                                + (f": {why}" if why else ""))
+    elif deploy.execution_provider != "cpu":
+        raise InvalidConfig(f"execution_provider {deploy.execution_provider} needs a device that offers it "
+                            "(no device capabilities were given)")
+    elif needed not in device_precisions:
         why = " (CPU-only profile: ONNX Runtime's CPU provider has no fast fp16 kernels)" if (
             needed == "fp16") else ""
         raise InvalidConfig(f"precision {deploy.precision} is not supported by the device "

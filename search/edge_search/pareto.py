@@ -24,10 +24,28 @@ class ParetoPoint:
     """The latency figure the values rest on: ``median_ms``, ``ci_low_ms``, ``ci_high_ms`` (the 95 %
     interval), ``source`` (``confirmed``: re-measured in interleaved rounds by `edge_search.confirm`;
     ``search``: the trial's own measurement), ``rounds``, ``warnings``."""
+    latency_source: str | None = None
+    """``measured`` or ``emulated`` (a prediction); None for a trial recorded without it."""
+    latency_interval_ms: tuple[float, float] | None = None
+    """The latency's interval: the CI of the median when measured, the calibrated band when emulated."""
 
     def to_json(self) -> dict[str, Any]:
+        lo, hi = self.latency_interval_ms or (None, None)
         return {"trial": self.trial, "params": self.params, "values": self.values,
+                "latency_source": self.latency_source, "latency_ci_low_ms": lo, "latency_ci_high_ms": hi,
                 "mlflow_run_id": self.mlflow_run_id, "latency": self.latency}
+
+
+def latency_label(source: str | None) -> str:
+    """How a figure's origin reads on the terminal: ``predicted (emulated)`` or ``measured``."""
+    return {"emulated": "predicted (emulated)", "measured": "measured"}.get(source or "", source or "?")
+
+
+def _interval(record: TrialRecord) -> tuple[float, float] | None:
+    metrics, summary = record.metrics, record.latency
+    lo = metrics.get("latency_ci_low_ms", summary.get("ci_low_ms"))
+    hi = metrics.get("latency_ci_high_ms", summary.get("ci_high_ms"))
+    return (float(lo), float(hi)) if lo is not None and hi is not None else None
 
 
 def objective_names(study: optuna.Study) -> list[str]:
@@ -108,7 +126,11 @@ def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
                    "warnings": list(lat.get("warnings") or [])} if lat else None
         points.append(ParetoPoint(trial=t.number, params=record.config_params,
                                   values=dict(zip(names, values_with(t, names, fig), strict=True)),
-                                  mlflow_run_id=record.run_id, latency=latency))
+                                  mlflow_run_id=record.run_id, latency=latency,
+                                  latency_source=record.latency_source or record.latency.get("source"),
+                                  latency_interval_ms=((float(fig["ci_low_ms"]), float(fig["ci_high_ms"]))
+                                                       if fig is not None and fig.get("ci_low_ms") is not None
+                                                       else _interval(record))))
     return points
 
 

@@ -6,6 +6,7 @@ model with ONNX Runtime -> measure it on the device (cached by model bytes + dev
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from edge_search.cache import ArtifactCache, content_key, file_sha256
 from edge_search.config import DeployConfig, TrialConfig, check_deploy
 from edge_search.devices.base import Device, MeasureRequest
+from edge_search.devices.capabilities import DeviceCapabilities, device_capabilities
 from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
@@ -177,12 +179,18 @@ class Pipeline:
 
         return thread_cores(self.profile)
 
+    @functools.cached_property
+    def capabilities(self) -> DeviceCapabilities:
+        """The device's execution providers and the precisions of each (asked once)."""
+        return device_capabilities(self.profile)
+
     def check(self, config: TrialConfig) -> None:
         """Reject a configuration that cannot be deployed, before any work is spent on it."""
         check_deploy(config.deploy, device_cores=self.device_cores,
                      device_precisions=tuple(self.profile.precisions),
                      task_can_prune_channels=self.task.can_train, task_can_finetune=self.task.can_train,
-                     task_can_resize_inputs=self.task.supports_input_resolution)
+                     task_can_resize_inputs=self.task.supports_input_resolution,
+                     capabilities=self.capabilities)
 
     def config_key(self, config: TrialConfig) -> str:
         """The identity of a configuration before it is built: its resolved train params, the

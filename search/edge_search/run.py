@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any, TextIO
 from edge_search.cache import ArtifactCache
 from edge_search.devices import create_device
 from edge_search.devices.base import Device
-from edge_search.devices.profile import get_profile
+from edge_search.devices.capabilities import device_capabilities
+from edge_search.devices.emulation.carry import DEFAULT_ERROR_BAND
+from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
 from edge_search.drivers.ledger import StudyLedger, Tally
@@ -19,7 +22,7 @@ from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
-from edge_search.space import SearchSpace, check_train_values, load_space
+from edge_search.space import SearchSpace, check_train_values, load_space, resolve_space
 from edge_search.study import StudySession, make_storage
 from edge_search.tasks import create_task
 from edge_search.tracking import Tracker
@@ -68,6 +71,28 @@ class RunSummary:
     """One line: what the confirmation of the front did (empty when there was none)."""
 
 
+def latency_line(profile: DeviceProfile) -> str:
+    """The first line of a run: where the latency figures come from and, when predicted, how sure they are."""
+    method = profile.latency.method
+    if method == "local":
+        return f"device {profile.name}: latency measured on this machine (pinned worker processes)"
+    if method == "agent":
+        return (f"device {profile.name}: latency measured on the board through "
+                f"{len(profile.latency.agents)} agent(s)")
+    cal = profile.calibration
+    if cal.physics is not None and cal.physics.bands:  # per path: cpu-fp32, cpu-int8, gpu
+        bands = [f"{k.replace('-', ' ').replace('cpu', 'CPU').replace('gpu', 'GPU')} ±{v.value:.0%}"
+                 for k, v in sorted(cal.physics.bands.items())]
+    else:
+        bands = [f"CPU path ±{cal.error_band.value:.0%}" if cal.error_band else
+                 f"CPU path ±{DEFAULT_ERROR_BAND:.0%} (uncalibrated default)"]
+        if profile.gpu_providers:
+            gpu = cal.error_band_gpu or cal.error_band
+            bands.append(f"GPU path ±{gpu.value:.0%}" if gpu else f"GPU path ±{DEFAULT_ERROR_BAND:.0%} (default)")
+    return (f"device {profile.name}: latency is PREDICTED, not measured (emulated; interval band "
+            f"{', '.join(bands)}); every figure is labelled latency_source=emulated with its interval")
+
+
 def default_study_name(space: SearchSpace, device: str) -> str:
     return f"{space.name}-{device}"
 
@@ -84,6 +109,11 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     t0 = time.perf_counter()
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
+    stream = progress_stream or sys.stderr
+    print(latency_line(profile), file=stream, flush=True)
+    space, dropped = resolve_space(space, device_capabilities(profile))
+    for line in dropped:
+        print(f"  {line}", file=stream, flush=True)
     task = create_task(space.task.name, space.task.options)
     check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
     storage = make_storage(opts.storage)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,9 @@ from edge_search.errors import InputError
 from edge_search.metrics import OBJECTIVES, Direction, value_range
 from edge_search.metrics import direction as metric_direction
 from edge_search.schema import StrictModel, format_validation_error
+
+if TYPE_CHECKING:
+    from edge_search.devices.capabilities import DeviceCapabilities
 
 SPACE_SCHEMA_VERSION = 1
 
@@ -34,7 +37,10 @@ class KnobSpec(StrictModel):
     """One searched (or fixed) knob.
 
     Written in YAML as `{low, high[, log, step]}`, `{choices: [...]}`, `{value: x}` or a bare value;
-    `when: {other_knob: value-or-list}` samples it only when another knob has that value.
+    `when: {other_knob: value-or-list}` samples it only when another knob has that value;
+    `available_only: true` (deploy `execution_provider` and `precision` choices) keeps only the
+    choices the device can run, decided when the study starts (`resolve_space`), so one space
+    serves a CPU-only host and a Jetson.
     """
 
     type: Literal["float", "int", "categorical", "fixed"]
@@ -45,6 +51,7 @@ class KnobSpec(StrictModel):
     choices: tuple[Scalar, ...] | None = None
     value: Scalar | None = None
     when: dict[str, Scalar | tuple[Scalar, ...]] | None = None
+    available_only: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -76,6 +83,8 @@ class KnobSpec(StrictModel):
                 raise ValueError("choices must list at least one value")
         elif self.type == "fixed" and self.value is None:
             raise ValueError("a fixed knob needs a value")
+        if self.available_only and self.type != "categorical":
+            raise ValueError("available_only needs a list of choices")
         return self
 
     def condition_holds(self, sampled: Mapping[str, Any]) -> bool:
@@ -212,6 +221,9 @@ class SearchSpace(StrictModel):
                 for other in (spec.when or {}):
                     if other not in group:
                         raise ValueError(f"knob '{name}' depends on '{other}', which is not in the same section")
+                if spec.available_only and (group is self.train or name not in AVAILABLE_ONLY_KNOBS):
+                    raise ValueError(f"knob '{name}': available_only applies to the deploy knobs "
+                                     f"{', '.join(AVAILABLE_ONLY_KNOBS)}")
         return self
 
     @property
@@ -226,6 +238,45 @@ class SearchSpace(StrictModel):
         """Short content hash: two spaces with the same hash search the same thing."""
         canon = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+
+AVAILABLE_ONLY_KNOBS = ("execution_provider", "precision")
+"""Deploy knobs whose choices `available_only` filters by what the device can run."""
+
+
+def resolve_space(space: SearchSpace, capabilities: DeviceCapabilities) -> tuple[SearchSpace, list[str]]:
+    """The space for one device: `available_only` choices cut to what it can run (offered execution
+    providers; precisions some offered path runs), and one line per dropped choice with the reason.
+
+    Called once when a study starts, so Optuna sees one fixed set of choices per study. Raises
+    `InputError` when no choice of such a knob is left.
+    """
+    from edge_search.config import DEVICE_PRECISION
+
+    notes: list[str] = []
+    deploy = dict(space.deploy)
+    for name, spec in space.deploy.items():
+        if not spec.available_only:
+            continue
+        assert spec.choices is not None
+        keep: list[Scalar] = []
+        for choice in spec.choices:
+            if name == "execution_provider":
+                why = None if choice in capabilities.paths else capabilities.refused.get(
+                    str(choice), "not a known execution provider")
+            else:
+                needed = DEVICE_PRECISION.get(str(choice))
+                why = None if needed in capabilities.precisions else (
+                    f"no offered execution provider of device '{capabilities.device}' runs {needed}")
+            if why is None:
+                keep.append(choice)
+            else:
+                notes.append(f"deploy.{name}: {choice} left out: {why}")
+        if not keep:
+            raise InputError(f"deploy.{name}: none of {', '.join(map(str, spec.choices))} can run on device "
+                             f"'{capabilities.device}' ({'; '.join(notes)})")
+        deploy[name] = spec.model_copy(update={"choices": tuple(keep), "available_only": False})
+    return space.model_copy(update={"deploy": deploy}), notes
 
 
 def parse_space(data: Any, origin: str) -> SearchSpace:

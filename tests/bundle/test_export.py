@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from edge_search.bundle.runtime import Runtime, SwitchingRuntime, load_bundle, open_runtime
 from edge_search.cli import main
+from edge_search.devices.capabilities import PROVIDERS
 from edge_search.pareto import pareto_points
 from edge_search.tasks.digits_cnn import load_splits
 from edge_search.tracking import absolute_sqlite
@@ -64,6 +65,7 @@ def test_bundle_records_session_options_latency_and_provenance(study_dir: Path, 
     assert so["intra_op_threads"] == params["deploy.intra_op_threads"]
     assert so["graph_optimization"] == params["deploy.graph_optimization"]
     assert so["execution_mode"] == params["deploy.execution_mode"] and "allow_spinning" in so
+    assert so["providers"] == list(PROVIDERS[params["deploy.execution_provider"]])  # the provider travels
     assert m["inputs"] == [{"name": "input", "type": "tensor(float)", "dims": ["batch", "1", "8", "8"],
                             "shape": [1, 1, 8, 8]}]
     assert m["latency"]["median_ms"] == trial.user_attrs["metrics"]["latency_ms"]

@@ -155,3 +155,42 @@ def test_host_mismatch_compares_like_with_like() -> None:
     assert other is not None and "Some Other CPU / onnxruntime 1.0.0" in other and here in other
     same_cpu_other_ort = host_mismatch(here.split(" / ")[0] + " / onnxruntime 0.0.1")
     assert same_cpu_other_ort is not None
+
+
+def test_fp16_on_the_gpu_path_is_carried_with_the_gpu_fp16_rates(model: Path, tmp_path: Path) -> None:
+    """An fp16 model is profiled as its float32 twin (this host has no fp16 arithmetic) and every class
+    is carried with the GPU's fp16 rate, not with fp32 (CPU or GPU) rates."""
+    import onnx
+
+    from edge_search.devices.emulation.opclass import class_group
+    from edge_search.transforms.precision import convert_fp16
+
+    fp16 = tmp_path / "tiny-fp16.onnx"
+    onnx.save(convert_fp16(onnx.load(str(model))), str(fp16))
+    host = fake_host()
+    data = get_profile("jetson-nano").model_dump(mode="json")
+    rates = {"gpu.overhead_ms": 1.0, "gpu.rate.fp16.compute": 300.0, "gpu.rate.fp16.memory": 40.0,
+             "gpu.rate.fp32.compute": 150.0, "gpu.rate.fp32.memory": 30.0, "rate.fp32.compute": 3.0,
+             "rate.fp32.memory": 0.5}
+    data["calibration"] = {"source": "test: host-carry rates (no physics block)",
+                           "params": {k: {"value": v, "source": "test"} for k, v in rates.items()}}
+    nano = parse_profile(data, "test")
+    s = EmulatedDevice(nano, host=host).measure(
+        _req(fp16, providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    assert s.extra["path"] == "gpu" and s.source == "emulated"
+    assert host.profiled and all(Path(r.model_path) != fp16 for r in host.profiled)  # the twin was profiled
+    breakdown = s.extra["breakdown"]
+    assert breakdown and all(k.startswith("fp16.") for k in breakdown)
+    host_cal = get_profile("host").calibration
+    for key, row in breakdown.items():
+        op_class = key.split(".", 1)[1]
+        gpu_rate = nano.calibration.rate("fp16", op_class, class_group(op_class), gpu=True)
+        host_rate = host_cal.rate("fp32", op_class, class_group(op_class))
+        assert gpu_rate is not None and host_rate is not None
+        assert row["ratio"] == pytest.approx(host_rate / gpu_rate)
+    assert not any("fp32 rates" in w for w in s.warnings)
+    # the same graph in fp32 on the GPU path: the same host profile, carried with the slower fp32 rates
+    f32 = EmulatedDevice(nano, host=fake_host()).measure(
+        _req(model, providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    assert all(k.startswith("fp32.") for k in f32.extra["breakdown"])
+    assert s.median_ms < f32.median_ms

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from edge_search import __version__
 from edge_search.bundle.runtime import BUNDLE_FILE, BUNDLE_KIND, BUNDLE_SCHEMA, FRONT_FILE, FRONT_KIND, MODEL_FILE
 from edge_search.cache import file_sha256
+from edge_search.devices.capabilities import PROVIDERS
 from edge_search.devices.inputs import resolve_shapes, specs_from_onnx
 from edge_search.errors import InputError
 from edge_search.pareto import confirmed_front, current_front, is_feasible, objective_names, values_with
@@ -160,7 +161,8 @@ def bundle_manifest(study: optuna.Study, trial: FrozenTrial, stats: dict[str, An
                "inter_op_threads": int(deploy.get("inter_op_threads", 1)),
                "graph_optimization": deploy.get("graph_optimization", "all"),
                "execution_mode": deploy.get("execution_mode", "sequential"),
-               "providers": ["CPUExecutionProvider"], "allow_spinning": True, **knobs}
+               "providers": list(PROVIDERS.get(str(deploy.get("execution_provider", "cpu")), PROVIDERS["cpu"])),
+               "allow_spinning": True, **knobs}
     device = str((stats or {}).get("device") or srecord.device)
     latency = {
         "median_ms": metrics.get("latency_ms", summary.get("median_ms")),

@@ -39,6 +39,8 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from edge_search.pareto import latency_label
+
     if not points:
         print("no feasible trial on the front")
         return
@@ -47,15 +49,20 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     train_keys = sorted({k for p in points for k in p.params if k.startswith("train.")})
     varying = [k for k in deploy_keys + train_keys if len({str(p.params.get(k)) for p in points}) > 1]
     confirmed = any(p.latency and p.latency["source"] == "confirmed" for p in points)
-    table = Table(title="Pareto front (feasible" + (", latency confirmed)" if confirmed else ")"))
+    emulated = any(p.latency_source == "emulated" for p in points)
+    caption = ("latency PREDICTED (emulated), not measured: the interval is the device profile's calibrated "
+               "error band" if emulated else "latency measured: the interval is where a fresh measurement lands"
+               + (" (confirmed: re-measured in interleaved rounds)" if confirmed else ""))
+    table = Table(title="Pareto front (feasible" + (", latency confirmed)" if confirmed else ")"), caption=caption)
     table.add_column("trial", justify="right")
     for n in names:
         table.add_column(n, justify="right")
+    table.add_column("latency_source")
     table.add_column("latency 95% interval (ms)", justify="right")
     for k in varying:
         table.add_column(k.split(".", 1)[1])
     for p in sorted(points, key=lambda p: p.values[names[-1]]):
-        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names), _interval(p),
+        row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names), latency_label(p.latency_source), _interval(p),
                *(_short(p.params.get(k)) for k in varying)]
         table.add_row(*row)
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
@@ -64,10 +71,11 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
 def _interval(p: ParetoPoint) -> str:
     """``[0.61, 0.66] confirmed`` / ``[0.5, 0.7] search`` (where the figure comes from)."""
     lat = p.latency or {}
-    if lat.get("ci_low_ms") is None or lat.get("ci_high_ms") is None:
+    lo, hi = p.latency_interval_ms or (lat.get("ci_low_ms"), lat.get("ci_high_ms"))
+    if lo is None or hi is None:
         return ""
     flag = " !" if any(w.startswith(("contended", "unstable")) for w in lat.get("warnings") or []) else ""
-    return f"[{lat['ci_low_ms']:.4g}, {lat['ci_high_ms']:.4g}] {lat.get('source', '')}{flag}"
+    return f"[{lo:.4g}, {hi:.4g}] {lat.get('source', '')}{flag}"
 
 
 def _short(v: object) -> str:

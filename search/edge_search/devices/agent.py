@@ -322,7 +322,14 @@ class AgentDevice(Device):
         return stats.model_copy(update={"device": self.name, "extra": extra})
 
     def measure(self, request: MeasureRequest) -> LatencyStats:
-        """Measure on a free agent of the pool (see the module docstring for queueing and retries)."""
+        """Measure on a free agent of the pool (see the module docstring for queueing and retries).
+
+        A provider the pool's profile does not list is refused here; one the board's ONNX Runtime
+        lacks is refused by the agent (422, with its reason), never measured on a CPU fallback."""
+        bad = [p for p in request.session.providers if p not in self.profile.execution_providers]
+        if bad:
+            raise InputError(f"execution provider(s) {', '.join(bad)} not offered by device '{self.name}' "
+                             f"(it has {', '.join(self.profile.execution_providers)})")
         path = Path(request.model_path)
         try:
             data = path.read_bytes()

@@ -30,6 +30,8 @@ How a host-carry prediction is made (`EmulatedDevice.measure`):
 Knobs the emulator does not model are reported in ``warnings`` rather than silently ignored:
 inter-op threads / parallel execution (modelled as sequential), threads beyond the target's cores
 (refused with `InputError`), fp16 on a CPU without fp16 arithmetic (carried with the fp32 rates).
+An fp16 model is profiled as its float32 twin on a host without fp16 arithmetic and carried with
+the target path's fp16 rates (a GPU's), see `edge_search.devices.emulation.fp16`.
 Tail percentiles are not predicted: p90/p95/p99 equal the predicted median, and a warning says so.
 
 The carry and its `LatencyStats` are `edge_search.devices.emulation.carry`, which also holds
@@ -40,7 +42,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from edge_search.devices.base import Device, MeasureRequest, SessionKnobs
@@ -53,6 +57,7 @@ from edge_search.devices.emulation.carry import (
     prediction_stats,
     wants_gpu,
 )
+from edge_search.devices.emulation.fp16 import as_fp16, fp32_twin, is_fp16_model
 from edge_search.devices.profile import DeviceProfile, get_profile
 from edge_search.devices.stats import LatencyStats
 from edge_search.devices.worker.probes import host_id
@@ -141,7 +146,15 @@ class EmulatedDevice(Device):
         if key in self._cache:
             return self._cache[key]
         host_req = request.model_copy(update={"session": knobs})
-        nodes = self.host.profile_nodes(host_req, runs=self.profile_runs)
+        twin = is_fp16_model(path) and not self.host_profile.cpu.fp16_arithmetic
+        if twin:  # profile the float32 twin, count it as fp16 (see `emulation.fp16`)
+            with tempfile.TemporaryDirectory(prefix="es-fp32-twin-") as tmp:
+                twin_path = fp32_twin(path, Path(tmp) / "twin.onnx")
+                twin_req = host_req.model_copy(update={"model_path": twin_path})
+                nodes = self.host.profile_nodes(twin_req, runs=self.profile_runs)
+                twin_bd = breakdown_from_nodes(twin_path, nodes, self.profile_runs, dict(request.shapes) or None)
+        else:
+            nodes = self.host.profile_nodes(host_req, runs=self.profile_runs)
         peak = None
         if self.measure_memory:
             mem_req = host_req.model_copy(
@@ -154,7 +167,10 @@ class EmulatedDevice(Device):
                 }
             )
             peak = self.host.measure(mem_req).peak_memory_mb
-        bd = breakdown_from_nodes(path, nodes, self.profile_runs, dict(request.shapes) or None, peak)
+        if twin:
+            bd = replace(as_fp16(twin_bd), peak_memory_mb=peak)
+        else:
+            bd = breakdown_from_nodes(path, nodes, self.profile_runs, dict(request.shapes) or None, peak)
         self._cache[key] = bd
         return bd
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge_search.devices.base import Device, MeasureRequest, NodeTiming
+from edge_search.devices.capabilities import ort_available_providers
 from edge_search.devices.lease import DeviceLease, FileLease
 from edge_search.devices.noise import HostNoise
 from edge_search.devices.processes import combine_processes, contention, needs_retry
@@ -134,6 +135,12 @@ class LocalDevice(Device):
         if bad:
             raise InputError(f"execution provider(s) {', '.join(bad)} not offered by device '{self.name}' "
                              f"(it has {', '.join(self.profile.execution_providers)})")
+        available = ort_available_providers()
+        missing = [p for p in knobs.providers if p not in available]
+        if missing:
+            raise InputError(f"execution provider(s) {', '.join(missing)} not available in ONNX Runtime on "
+                             f"this machine (available: {', '.join(available)}); refused rather than "
+                             "measured on a silent CPU fallback")
         if request.precision_target <= 0 or request.max_time_s <= 0:
             raise InputError("precision target and time cap must be positive")
 

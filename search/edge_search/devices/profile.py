@@ -57,6 +57,10 @@ class AcceleratorSpec(StrictModel):
     """True when the accelerator uses the board's RAM (Jetson): the model counts against `memory.ram_mb`."""
     execution_providers: tuple[str, ...] = ()
     """ONNX Runtime execution providers that run on the accelerator."""
+    precisions: tuple[Precision, ...] | None = None
+    """Precisions the accelerator path runs (None: the profile's `precisions`)."""
+    unsupported_precisions: dict[Precision, str] = Field(default_factory=dict)
+    """Why a precision has no accelerator path (e.g. int8 on a Maxwell GPU): said when it is refused."""
 
 
 class PowerSpec(StrictModel):
@@ -239,6 +243,7 @@ class DeviceProfile(StrictModel):
     accelerator: AcceleratorSpec | None = None
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     precisions: tuple[Precision, ...] = ("fp32", "int8")
+    """Precisions the CPU path runs (an accelerator's own are `accelerator.precisions`)."""
     power: PowerSpec | None = None
     latency: LatencySpec
     calibration: Calibration = Field(default_factory=Calibration)
@@ -258,6 +263,13 @@ class DeviceProfile(StrictModel):
     def usable_memory_mb(self) -> float:
         """RAM a model may use: the board's RAM less the reserve for the OS and application."""
         return self.memory.ram_mb - self.memory.reserve_mb
+
+    @property
+    def gpu_precisions(self) -> tuple[str, ...]:
+        """Precisions the accelerator path runs (empty without an accelerator)."""
+        if self.accelerator is None:
+            return ()
+        return tuple(self.accelerator.precisions if self.accelerator.precisions is not None else self.precisions)
 
     @property
     def gpu_providers(self) -> tuple[str, ...]:

@@ -14,9 +14,11 @@ import optuna
 from optuna.trial import TrialState
 
 from edge_search.config import DeployConfig, TrialConfig
+from edge_search.devices.stats import LatencyStats
 from edge_search.drivers.base import DriverOptions
 from edge_search.drivers.ledger import SpaceGrid, StudyLedger
 from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
+from edge_search.pareto import latency_label
 from edge_search.pipeline import GatedOut, Pipeline, StageFailed, StoppedEarly
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
@@ -106,8 +108,17 @@ def run_trial(session: StudySession, pipeline: Pipeline, trial: optuna.Trial, te
     cached = "+".join(k for k, v in result.cache_hits.items() if v)
     tries = result.latency.extra.get("tries", 1)
     retried = f", measured in {tries} worker processes" if result.latency.extra.get("discarded") else ""
-    return Outcome.EVALUATED, (f"trial {trial.number} {vals}" + (f" (cached: {cached})" if cached else "")
-                               + retried)
+    return Outcome.EVALUATED, (f"trial {trial.number} {vals} | {latency_note(result.latency)}"
+                               + (f" (cached: {cached})" if cached else "") + retried)
+
+
+def latency_note(stats: LatencyStats) -> str:
+    """'latency predicted (emulated, GPU path) 3.1 ms in [1.8, 5.3]' or 'latency measured 1.2 ms in [1.19, 1.22]'."""
+    path = stats.extra.get("path") if stats.source == "emulated" else None
+    label = latency_label(stats.source)
+    if path:
+        label = label.replace("(emulated)", f"(emulated, {str(path).upper()} path)")
+    return f"latency {label} {stats.median_ms:.4g} ms in [{stats.ci_low_ms:.4g}, {stats.ci_high_ms:.4g}]"
 
 
 def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,

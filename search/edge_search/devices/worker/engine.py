@@ -90,12 +90,21 @@ def _open_session(wr: WorkerRequest, ort: Any, so: Any, req: MeasureRequest | No
     path = Path(req.model_path)
     if not path.is_file():
         raise WorkerFailure("input", f"{path}: no such model file")
+    wanted = list(req.session.providers)
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=list(req.session.providers))
+        session = ort.InferenceSession(str(path), sess_options=so, providers=wanted)
     except Exception as err:  # InvalidProtobuf, Fail, InvalidGraph, NoSuchFile, ...
         kind = type(err).__name__
         raise WorkerFailure("input", f"{path}: cannot load ONNX model ({kind}): {one_line(str(err), 300)}"
                        ) from None
+    # ONNX Runtime drops a provider it cannot register with only a log line and runs on the rest
+    # (the CPU): that would be a CPU figure labelled as a GPU one, so it is refused here.
+    dropped = [p for p in wanted if p not in session.get_providers()]
+    if dropped:
+        raise WorkerFailure("input", f"{path}: execution provider(s) {', '.join(dropped)} could not be used "
+                                     f"here (the session got {', '.join(session.get_providers())}); refused "
+                                     "rather than measured on a fallback")
+    return session
 
 
 def _feeds(wr: WorkerRequest, session: Any, req: MeasureRequest | None = None) -> dict[str, np.ndarray]:
