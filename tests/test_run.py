@@ -57,6 +57,7 @@ def test_run_logs_trials_front_and_pareto_json(workdir: Path, small_space: Path,
     study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 6
+    assert study.metric_names == ["accuracy", "latency_ms", "size_mb"]  # optuna-dashboard's labels
     assert max(t.values[0] for t in complete) >= 0.95  # accuracy on the held-out test split
 
     # one child run per trial, each with params, metrics, latency source and cache tags
@@ -172,7 +173,7 @@ def test_sigkill_then_rerun_ends_with_exact_count(workdir: Path, small_space: Pa
     assert killed_running, "the run never reached a running trial after 3 finished ones"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr
-    assert "recovered trial(s)" in done.stderr
+    assert "recovered trial" in done.stderr and "redone with the same parameters: its process died" in done.stderr
     study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
     trials = study.get_trials()
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == n
@@ -186,6 +187,79 @@ def test_sigkill_then_rerun_ends_with_exact_count(workdir: Path, small_space: Pa
     assert len(numbers) == len(set(numbers)) == len(trials)
     assert {r.info.status for r in runs if int(r.data.tags["trial_number"]) == failed[0].number} == {"FAILED"}
     _assert_pareto_tags_match_dominance("digits-small-host")
+
+
+def _last_heartbeat(trial_id: int) -> object:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(absolute_sqlite("sqlite:///edge-search.db"))
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).first()
+    engine.dispose()
+    return row[0] if row else None
+
+
+def test_frozen_process_trial_is_redone_by_the_other_while_it_is_frozen(workdir: Path, small_space: Path) -> None:
+    """The issue's case: two `edge-search run` on one SQLite study, one SIGSTOPped mid-trial. After
+    the grace period the other fails the frozen trial and redoes it with the same parameters, and
+    finishes the study alone; continued, the frozen one drops its stale result and exits 0."""
+    n, grace = 5, 4
+    cmd = [sys.executable, "-m", "edge_search", "run", "--space", str(small_space), "--trials", str(n),
+           "--sampler", "random", "--heartbeat-interval", "1", "--grace-period", str(grace), *FAST_MEASURE]
+    procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    victim, other = procs
+    frozen = None
+    try:
+        deadline = time.monotonic() + 300
+        while frozen is None:
+            assert time.monotonic() < deadline and victim.poll() is None, "the victim never ran a trial"
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db").trials
+            except KeyError:
+                continue
+            mine = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+                    and t.user_attrs["owner"]["pid"] == victim.pid]
+            if mine and any(t.state == TrialState.COMPLETE for t in trials):
+                # Freeze it while it trains, just after a heartbeat: SQLite cannot take a lock back
+                # from a stopped process, so it must not be stopped inside a database write.
+                beat = _last_heartbeat(mine[0]._trial_id)
+                while _last_heartbeat(mine[0]._trial_id) == beat and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.3)
+                os.kill(victim.pid, signal.SIGSTOP)
+                frozen, t_stop = mine[0], time.monotonic()
+        while True:  # redone by the other process while the victim is still frozen
+            assert time.monotonic() - t_stop < grace + 60, "the frozen trial was not redone"
+            trials = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db").trials
+            redo = [t for t in trials if t.user_attrs.get("retry_of") == frozen.number]
+            if redo and redo[0].state in (TrialState.RUNNING, TrialState.COMPLETE):
+                break
+            time.sleep(0.2)
+        redone_after = time.monotonic() - t_stop
+        assert grace - 1 <= redone_after, "failed before its grace period was over"
+        out_other = other.communicate(timeout=300)
+        assert other.returncode == 0, out_other[1][-3000:]
+        assert "redone with the same parameters: its process stopped sending heartbeats" in out_other[1]
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+        for p in procs:
+            if p.poll() is None and p is not victim:
+                p.kill()
+    out_victim = victim.communicate(timeout=300)
+    assert victim.returncode == 0, out_victim[1][-3000:]
+    assert f"trial {frozen.number} was failed and redone elsewhere while this process was stopped" in out_victim[1]
+    study = optuna.load_study(study_name="digits-small-host", storage="sqlite:///edge-search.db")
+    trials = study.get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == n
+    assert trials[frozen.number].state == TrialState.FAIL
+    assert [t.params for t in trials if t.user_attrs.get("retry_of") == frozen.number] == [frozen.params]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    runs = {r.info.run_id: r for r in _child_runs("sqlite:///mlflow.db", "digits-small-host")}
+    assert runs[frozen.user_attrs["mlflow_run_id"]].info.status == "FAILED"
+    assert all(runs[t.user_attrs["mlflow_run_id"]].info.status == "FINISHED" for t in trials
+               if t.state == TrialState.COMPLETE)
 
 
 def test_latency_gate_and_early_stop_mark_trials_as_stopped(workdir: Path, tmp_path: Path) -> None:

@@ -92,7 +92,11 @@ class TrialRecord:
     STOPPED = "stopped"
     """Why a trial was stopped before it finished: ``early-stop`` or ``latency-gate``."""
     RETRY_OF = "retry_of"
-    """On a trial that redoes an orphan: the orphan's number."""
+    """On a trial that redoes one whose process died or froze: that trial's number."""
+    RETRY_REASON = "retry_reason"
+    """Why the trial in `RETRY_OF` was redone (its own record cannot change: it is finished)."""
+    SURPLUS = "surplus"
+    """True on a trial given back because other processes already ran the study's last trials."""
 
     attrs: Mapping[str, Any]
     params: Mapping[str, Any]

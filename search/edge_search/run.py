@@ -13,6 +13,7 @@ from edge_search.devices.profile import get_profile
 from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
 from edge_search.errors import EdgeSearchError, InputError
+from edge_search.heartbeat import DEFAULT_GRACE_S, DEFAULT_INTERVAL_S, HeartbeatSettings
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
@@ -42,6 +43,8 @@ class RunOptions:
     ray_address: str | None = None
     latency_gate: bool = False
     early_stop: bool = False
+    heartbeat_interval: int = DEFAULT_INTERVAL_S
+    grace_period: int = DEFAULT_GRACE_S
 
 
 @dataclass
@@ -75,8 +78,9 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
         if name not in task.train_knobs:
             raise InputError(f"{opts.space or space.name}: train.{name}: unknown train knob for task "
                              f"'{task.name}' (known: {', '.join(task.train_knobs)})")
-    storage = make_storage(opts.storage)
-    tracker = Tracker(opts.tracking_uri)
+    heartbeat = HeartbeatSettings(opts.heartbeat_interval, opts.grace_period)
+    storage = make_storage(opts.storage, heartbeat)
+    tracker = Tracker(opts.tracking_uri, idle_transaction_timeout_s=opts.grace_period)
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
@@ -85,17 +89,17 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                             precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
                             constraints=space.constraints, latency_gate=opts.latency_gate,
                             early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
-        redone = session.recover_orphans()
+        redone = session.sweeper(heartbeat).sweep()
         session.update_front(full=True)
         started = time.time()
         complete = False
         try:
             with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
-                if redone:
-                    progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
+                for recovered in redone:
+                    progress.note(f"recovered {recovered.summary()}")
                 driver(session, pipeline, opts.trials, progress,
                        DriverOptions(workers=opts.workers, address=opts.ray_address, storage_url=opts.storage,
-                                     profiles=tuple(opts.profiles)))
+                                     profiles=tuple(opts.profiles), heartbeat=heartbeat))
             complete = True
         finally:
             session.finish(complete)
@@ -108,7 +112,7 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
         constraints = "; ".join(str(c) for c in space.constraints)
         raise EdgeSearchError(f"no trial of study '{session.name}' met the constraints ({constraints}); "
                               f"{session.n_complete()} finished trials are kept")
-    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible)
+    return RunSummary(session.name, session.n_complete(), front, wall, stages, [r.number for r in redone], feasible)
 
 
 def _stage_totals(session: StudySession, since: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_search.drivers import DRIVERS
+from edge_search.heartbeat import DEFAULT_GRACE_S, DEFAULT_INTERVAL_S
 from edge_search.samplers import SAMPLERS
 
 
@@ -35,6 +36,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", action="store_true",
                    help="stop training a trial part-way when finished trials at least as fast are clearly more "
                         "accurate at the same epoch (measures the untrained network first, like --latency-gate)")
+    p.add_argument("--heartbeat-interval", type=int, default=DEFAULT_INTERVAL_S, metavar="S",
+                   help=f"seconds between a running trial's heartbeats in the storage (default {DEFAULT_INTERVAL_S})")
+    p.add_argument("--grace-period", type=int, default=DEFAULT_GRACE_S, metavar="S",
+                   help="a trial whose heartbeats stop this long (its process died or froze) is failed and "
+                        f"redone with the same parameters by any process sharing the study (default {DEFAULT_GRACE_S})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
         profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time,
         backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate,
-        early_stop=args.early_stop))
+        early_stop=args.early_stop, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period))
     print(f"study {summary.study}: {summary.complete} finished trials, {len(summary.front)} on the Pareto front"
           f" ({summary.wall_s:.1f} s)")
     total = sum(summary.stage_s.values()) or 1.0

@@ -15,6 +15,7 @@ from edge_search.errors import EdgeSearchError, InputError, InvalidConfig
 from edge_search.pipeline import GatedOut, Pipeline, StoppedEarly
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
+from edge_search.recovery import TrialHeartbeat, ask, is_surplus, yield_surplus
 from edge_search.space import suggest_config
 from edge_search.study import StudySession
 
@@ -72,21 +73,37 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
                options: DriverOptions | None = None, *, max_consecutive_rejects: int = 50,
                wait_s: float = 1.0) -> None:
     """The embedded `Driver`: ask and evaluate trials in this process until the study holds
-    `n_trials` complete ones (`options` are not needed: one trial at a time, here).
+    `n_trials` complete ones (`options.heartbeat`: one trial at a time, here, under a heartbeat).
 
     Invalid configurations and failures do not count; after `max_consecutive_rejects` of them in a
-    row the run stops with the last reason rather than loop forever.
+    row the run stops with the last reason rather than loop forever. Before each ask, and while
+    other processes run the last trials, the trials of dead or frozen processes are failed and
+    redone (`edge_search.recovery`).
     """
+    heartbeat = options.heartbeat if options is not None else None
+    sweeper = session.sweeper(heartbeat)
     rejects = 0
     while session.n_complete() < n_trials:
+        for recovered in sweeper.sweep():
+            progress.note(recovered.summary())
         if session.n_complete() + session.n_running() >= n_trials:
             # Other processes share the study and run the last trials: wait for them rather than
-            # overshoot; if one of them dies, its trial is recovered and redone here.
+            # overshoot; if one of them dies or freezes, the sweep fails its trial and it is redone here.
             time.sleep(wait_s)
-            session.recover_orphans()
             continue
-        trial = session.study.ask()
-        state, line = run_trial(session, pipeline, trial)
+        trial = ask(session.study)
+        with TrialHeartbeat(session.study, trial._trial_id, heartbeat) as beat:
+            if is_surplus(session.study, trial.number, n_trials):  # another process asked for the last slot too
+                yield_surplus(session.study, trial)
+                continue
+            try:
+                state, line = run_trial(session, pipeline, trial)
+            except Exception:
+                if not beat.taken_over():
+                    raise
+                progress.note(f"trial {trial.number} was failed and redone elsewhere while this process was "
+                              "stopped; its result is dropped")
+                continue
         if state == TrialState.COMPLETE:
             rejects = 0
             session.update_front()
