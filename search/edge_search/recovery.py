@@ -89,6 +89,7 @@ class RedoStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
         self.mark_failed: Callable[[FrozenTrial, str], None] | None = None
         self.reason = "its process stopped sending heartbeats (dead or frozen past the grace period)"
         self.redone: list[Recovered] = []
@@ -112,11 +113,12 @@ class RedoStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
         if not trial.params:  # nothing was sampled yet: nothing to redo
             self.redone.append(Recovered(trial.number, reason, trial.user_attrs.get(TrialRecord.OWNER), False))
             return
-        n_before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             super().__call__(study, clean)
-        requeued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > n_before
+        # The parent queues the retry unless the configuration's retry history is already full.
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        requeued = len(history) <= self.max_retry
         self.redone.append(Recovered(trial.number, reason, trial.user_attrs.get(TrialRecord.OWNER), requeued))
 
 
