@@ -71,3 +71,27 @@ def ray_missing() -> str | None:
     return None
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+PG_URL = os.environ.get("EDGE_SEARCH_TEST_POSTGRES", "postgresql://edge:edge@127.0.0.1:5432/edge_search_test")
+
+
+def postgres_url() -> str:
+    """The test database URL (``$EDGE_SEARCH_TEST_POSTGRES``); skips the calling test with the reason
+    when no server answers (CI starts one and sets EDGE_SEARCH_REQUIRE_POSTGRES=1, which turns the
+    skip into a failure)."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except Exception as err:  # no driver or no server
+        if os.environ.get("EDGE_SEARCH_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL at {PG_URL} ({type(err).__name__}); .ci/run installs and starts one")
+    return PG_URL
+
+
+@pytest.fixture()
+def postgres() -> str:
+    """`postgres_url` as a fixture."""
+    return postgres_url()

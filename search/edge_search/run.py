@@ -18,6 +18,7 @@ from edge_search.drivers import get_driver
 from edge_search.drivers.base import DriverOptions
 from edge_search.drivers.ledger import StudyLedger, Tally
 from edge_search.errors import EdgeSearchError, InputError
+from edge_search.heartbeat import DEFAULT_GRACE_S, DEFAULT_INTERVAL_S, HeartbeatSettings
 from edge_search.pareto import ParetoPoint, pareto_points
 from edge_search.pipeline import STAGES, EarlyStopRule, Pipeline
 from edge_search.progress import RunProgress
@@ -51,6 +52,8 @@ class RunOptions:
     """Start a new study with the configurations a user would try first (`edge_search.seeds`)."""
     confirm_rounds: int = 6
     """Re-measure the front in this many interleaved rounds at the end (`edge_search.confirm`); 0: not."""
+    heartbeat_interval: int = DEFAULT_INTERVAL_S
+    grace_period: int = DEFAULT_GRACE_S
 
 
 @dataclass
@@ -116,8 +119,9 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
         print(f"  {line}", file=stream, flush=True)
     task = create_task(space.task.name, space.task.options)
     check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
-    storage = make_storage(opts.storage)
-    tracker = Tracker(opts.tracking_uri)
+    heartbeat = HeartbeatSettings(opts.heartbeat_interval, opts.grace_period)
+    storage = make_storage(opts.storage, heartbeat)
+    tracker = Tracker(opts.tracking_uri, idle_transaction_timeout_s=opts.grace_period)
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
@@ -128,18 +132,18 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                             early_stop=EarlyStopRule(session.finished_curves) if opts.early_stop else None)
         if opts.baselines and not session.study.trials:
             _seed(session, pipeline, opts.trials)
-        redone = session.recover_orphans()
+        redone = session.sweeper(heartbeat).sweep()
         session.update_front(full=True)
         started = time.time()
         complete = False
         measurements = confirmation = ""
         try:
             with RunProgress(opts.trials, session.n_complete(), progress_stream) as progress:
-                if redone:
-                    progress.note(f"recovered trial(s) {redone} left running by a killed process: redoing them")
+                for recovered in redone:
+                    progress.note(f"recovered {recovered.summary()}")
                 driver(session, pipeline, opts.trials, progress,
                        DriverOptions(workers=opts.workers, address=opts.ray_address, storage_url=opts.storage,
-                                     profiles=tuple(opts.profiles)))
+                                     profiles=tuple(opts.profiles), heartbeat=heartbeat))
                 measurements = measurement_summary(session, started)
                 confirmation = _confirm(session, device, opts.confirm_rounds, progress)
             complete = True
@@ -156,7 +160,8 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
                               f"{session.n_complete()} finished trials are kept")
     ledger = StudyLedger(session.study)
     ledger.scan()
-    return RunSummary(session.name, session.n_complete(), front, wall, stages, redone, feasible, ledger.tally,
+    return RunSummary(session.name, session.n_complete(), front, wall, stages, [r.number for r in redone], feasible,
+                      ledger.tally,
                       measurements, confirmation)
 
 

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -55,16 +55,40 @@ def absolute_sqlite(url: str) -> str:
     return url
 
 
+DATABASE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql"}
+"""Tracking URI schemes of MLflow's database store (the others are servers or folders)."""
+
+
+def _with_idle_timeout(uri: str, seconds: int) -> str:
+    """`uri` with ``options=-c idle_in_transaction_session_timeout=...`` for PostgreSQL (unless it
+    has options of its own); other URIs unchanged."""
+    parts = urlsplit(uri)
+    if not parts.scheme.startswith("postgresql"):
+        return uri
+    query = parse_qsl(parts.query)
+    if any(key == "options" for key, _ in query):
+        return uri
+    query.append(("options", f"-c idle_in_transaction_session_timeout={seconds * 1000}"))
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+
+
 class Tracker:
     """Writes a study's runs to MLflow; every method takes explicit ids."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
-        self.tracking_uri = absolute_sqlite(tracking_uri or DEFAULT_TRACKING_URI)
-        if self.tracking_uri.startswith("sqlite:///"):
-            # MLflow creates and migrates a new SQLite store when a client first opens it; two
-            # processes doing that at once collide (alembic), so opening is serialised.
-            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            with FileLock(str(db) + ".lock", timeout=300):
+    def __init__(self, tracking_uri: str | None = None, idle_transaction_timeout_s: int = 600) -> None:
+        """On a PostgreSQL store the server ends a session that stays inside a transaction for longer
+        than `idle_transaction_timeout_s`, so a stopped process does not hold MLflow's row locks for
+        ever (the URI gets ``options=-c idle_in_transaction_session_timeout=...`` unless it has
+        ``options`` of its own)."""
+        self.tracking_uri = _with_idle_timeout(absolute_sqlite(tracking_uri or DEFAULT_TRACKING_URI),
+                                               idle_transaction_timeout_s)
+        if urlsplit(self.tracking_uri).scheme.split("+")[0] in DATABASE_SCHEMES:
+            # MLflow creates and migrates a new database store when a client first opens it; two
+            # processes doing that at once collide (alembic, or PostgreSQL's catalog), so opening is
+            # serialised on this machine, by an expiring lease (a stopped opener blocks nobody).
+            from edge_search.expiring_lease import machine_lease
+
+            with machine_lease("mlflow-open", self.tracking_uri, "opening the MLflow store").hold(timeout=300):
                 self.client = MlflowClient(tracking_uri=self.tracking_uri)
                 self.client.search_experiments(max_results=1)
         else:
@@ -92,6 +116,10 @@ class Tracker:
                                      tags={"edge_search.role": "study", **tags})
         self.client.log_batch(run.info.run_id, params=[Param(k, _param(v)) for k, v in params.items()])
         return str(run.info.run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run (one made by a step that turned out to be another process's to make)."""
+        self.client.delete_run(run_id)
 
     def resume_parent(self, run_id: str) -> None:
         run = self.client.get_run(run_id)

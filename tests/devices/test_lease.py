@@ -1,10 +1,11 @@
-"""FileLease: exclusive across processes, records waits, times out, survives a killed holder."""
+"""FileLease: exclusive across processes, records waits, times out, survives a killed or frozen holder."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_search.devices.lease import FileLease, LeaseTimeout, default_lock_dir
+from edge_search.devices.lease import FileLease, LeaseLost, LeaseTimeout, default_lock_dir
 
 HOLDER = """
 import json, sys, time
@@ -99,6 +100,46 @@ def test_lock_dir_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     lease = FileLease()
     with lease.acquire("odd/name with spaces", timeout=1):
         files = os.listdir(tmp_path / "locks")
-    assert any(f.endswith(".lock") and "/" not in f for f in files)
+    assert files == ["odd_name_with_spaces.lease"]  # one folder of epoch records per device
     monkeypatch.delenv("EDGE_SEARCH_LOCK_DIR")
     assert default_lock_dir() == Path("~/.cache/edge-search/locks").expanduser()
+
+
+def test_frozen_holder_loses_the_lease_and_finds_out(tmp_path: Path) -> None:
+    """A SIGSTOPped holder keeps no device for ever (an flock would): after the ttl the device is
+    free again, and the holder, once continued, is told its lease was lost."""
+    code = """
+import sys, time
+from edge_search.devices.lease import FileLease, LeaseLost
+with FileLease(sys.argv[1], ttl_s=1.0).acquire("dev") as h:
+    print("held", flush=True)
+    time.sleep(3)
+    try:
+        h.check()
+        print("kept", flush=True)
+    except LeaseLost as err:
+        print("lost:", err, flush=True)
+"""
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        with FileLease(tmp_path, ttl_s=1.0).acquire("dev", timeout=10) as h:
+            assert 0.5 < h.wait_s < 5
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    out = holder.communicate(timeout=30)[0]
+    assert out.startswith("lost: device 'dev': lease lost"), out
+
+
+def test_handle_check_and_callbacks(tmp_path: Path) -> None:
+    lease = FileLease(tmp_path, ttl_s=5.0)
+    with lease.acquire("dev") as h:
+        h.check()  # held: nothing to say
+        seen: list[str] = []
+        h.on_lost(seen.append)
+        h.lose("the Ray lease lapsed")  # a wrapping lease (Ray's) reports its own loss
+        assert seen == ["the Ray lease lapsed"]
+        with pytest.raises(LeaseLost, match="device 'dev': the Ray lease lapsed"):
+            h.check()
+        assert h.guard is not None and h.guard.holds()  # the file lease itself still holds

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from edge_search.devices import DEVICE_METHODS, create_device
 from edge_search.devices.base import Device, MeasureRequest, NodeTiming, SessionKnobs
 from edge_search.devices.inputs import InputSpec, build_feeds, parse_shape_arg, specs_from_onnx
+from edge_search.devices.lease import FileLease
 from edge_search.devices.local import LocalDevice, allowed_cores, training_cores
 from edge_search.devices.profile import DeviceProfile, LatencySpec, get_profile
 from edge_search.devices.stats import LatencyStats
@@ -134,6 +142,50 @@ def test_concurrent_measurements_do_not_overlap(models: dict[str, Path]) -> None
     a, b = sorted(results, key=lambda s: s.started_at)
     assert a.ended_at <= b.started_at
     assert b.lease_wait_s > 0.2  # the second one queued behind the whole first worker
+
+
+FROZEN_MEASURER = """
+import json, logging, sys
+from pathlib import Path
+logging.basicConfig(level=logging.WARNING)
+from edge_search.devices.base import MeasureRequest
+from edge_search.devices.lease import FileLease
+from edge_search.devices.local import LocalDevice
+from edge_search.devices.profile import get_profile
+dev = LocalDevice(get_profile("host"), lease=FileLease(sys.argv[1], ttl_s=1.0), warmup_max_s=0.5, min_measure_s=4.0)
+s = dev.measure(MeasureRequest(model_path=Path(sys.argv[2]), warmup_min_s=0.05, max_time_s=4.0, precision_target=1e-6))
+print(json.dumps({"started_at": s.started_at, "ended_at": s.ended_at}))
+"""
+
+
+def test_stopped_measurer_loses_the_device_and_measures_again(tmp_path: Path, models: dict[str, Path]) -> None:
+    """A measuring process stopped (SIGSTOP) while its worker runs: the lease lapses after the ttl,
+    the orphaned worker stops itself, another process measures; once continued, the first process
+    discards its measurement and measures again. Kept intervals never overlap."""
+    lease = FileLease(tmp_path / "locks", ttl_s=1.0)
+    name = f"local@{socket.gethostname()}"
+    first = subprocess.Popen([sys.executable, "-c", FROZEN_MEASURER, str(tmp_path / "locks"), str(models["static"])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (lease.holder(name) or {}).get("workers"):  # its worker is running under the lease
+        assert time.monotonic() < deadline and first.poll() is None, "the first process never measured"
+        time.sleep(0.05)
+    [[worker_pid, _]] = lease.holder(name)["workers"]  # type: ignore[index]
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = LocalDevice(_profile(), lease=FileLease(tmp_path / "locks", ttl_s=1.0), warmup_max_s=0.5,
+                             min_measure_s=0.1).measure(_req(models["static"], max_time_s=0.5))
+        assert second.lease_wait_s > 0.5  # it waited for the lapse, not for the 4 s measurement
+        # the orphaned worker stopped itself when the lease went (a zombie until its parent reaps it)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    kept = json.loads(out)
+    assert "discarded" in err and "lease lost" in err
+    assert kept["started_at"] >= second.ended_at  # measured again, after the other one
 
 
 def test_profile_nodes(models: dict[str, Path]) -> None:

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as sps
 
 from edge_search.devices.base import MeasureRequest, SessionKnobs
+from edge_search.devices.lease import LeaseHandle
 from edge_search.devices.local import LocalDevice
 from edge_search.devices.noise import (
     DEFAULT_PROCESS_RSD,
@@ -181,7 +182,7 @@ class _ScriptedDevice(LocalDevice):
     def check(self, request: MeasureRequest) -> None:
         return None
 
-    def _one_worker(self, payload: str, request: MeasureRequest) -> LatencyStats:
+    def _one_worker(self, payload: str, request: MeasureRequest, handle: LeaseHandle) -> LatencyStats:
         self.started += 1
         return self.script.pop(0)
 

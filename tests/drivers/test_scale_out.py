@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -18,24 +19,6 @@ from optuna.trial import TrialState
 from tests.conftest import FAST_MEASURE, ray_missing, require
 
 pytestmark = pytest.mark.slow
-
-PG_URL = os.environ.get("EDGE_SEARCH_TEST_POSTGRES", "postgresql://edge:edge@127.0.0.1:5432/edge_search_test")
-
-
-@pytest.fixture()
-def postgres() -> str:
-    """The test database URL; skipped with the reason when no server answers (CI starts one and
-    sets EDGE_SEARCH_REQUIRE_POSTGRES=1, which turns the skip into a failure)."""
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except Exception as err:  # no driver or no server
-        if os.environ.get("EDGE_SEARCH_REQUIRE_POSTGRES") == "1":
-            raise
-        pytest.skip(f"no PostgreSQL at {PG_URL} ({type(err).__name__}); .ci/run installs and starts one")
-    return PG_URL
-
 
 def _cmd(space: Path, study: str, storage: str, n: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "edge_search", "run", "--space", str(space), "--study", study,
@@ -91,28 +74,46 @@ def test_killed_process_on_postgres_is_recovered(workdir: Path, small_space: Pat
 
 
 def test_ray_worker_killed_mid_trial_loses_nothing(workdir: Path, small_space: Path) -> None:
+    """One Ray worker SIGKILLed mid-trial, then another SIGSTOPped mid-trial: the driver fails the
+    stopped worker's trial after the grace period, kills the worker (Tune gets its slot back) and
+    the trial is redone with the same parameters; the study ends with exactly n finished trials."""
     require(ray_missing(), "EDGE_SEARCH_REQUIRE_RAY")
-    n, storage = 5, "sqlite:///edge-search.db"
-    proc = subprocess.Popen(_cmd(small_space, "ray-kill", storage, n, "--backend", "ray", "--workers", "2"),
+    n, storage, grace = 5, "sqlite:///edge-search.db", 4
+    proc = subprocess.Popen(_cmd(small_space, "ray-kill", storage, n, "--backend", "ray", "--workers", "2",
+                                 "--heartbeat-interval", "1", "--grace-period", str(grace)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    victim = None
+    victim = stopped = None
     deadline = time.monotonic() + 400
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None and stopped is None:
             time.sleep(0.2)
             try:
                 trials = optuna.load_study(study_name="ray-kill", storage=storage).get_trials()
             except KeyError:
                 continue
-            running = [t for t in trials if t.state == TrialState.RUNNING and "owner" in t.user_attrs]
-            if sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and running:
+            running = [t for t in trials if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs]
+            if victim is None and sum(t.state == TrialState.COMPLETE for t in trials) >= 1 and running:
                 victim = running[0]
                 os.kill(victim.user_attrs["owner"]["pid"], signal.SIGKILL)  # the Ray worker process
-                break
+            elif victim is not None:
+                others = [t for t in running if t.number > victim.number
+                          and t.user_attrs["owner"]["pid"] != victim.user_attrs["owner"]["pid"]]
+                if others:
+                    time.sleep(0.5)  # inside its training, not inside a database write
+                    stopped = others[0]
+                    os.kill(stopped.user_attrs["owner"]["pid"], signal.SIGSTOP)
         out = proc.communicate(timeout=600)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
+        if stopped is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stopped.user_attrs["owner"]["pid"], signal.SIGCONT)
+    assert stopped is not None, "no second trial was seen running in a Ray worker"
+    assert f"killed Ray worker pid {stopped.user_attrs['owner']['pid']}" in out
+    trials_now = optuna.load_study(study_name="ray-kill", storage=storage).get_trials()
+    assert trials_now[stopped.number].state == TrialState.FAIL
+    assert [t.params for t in trials_now if t.user_attrs.get("retry_of") == stopped.number] == [stopped.params]
     assert victim is not None, "no trial was seen running in a Ray worker"
     assert proc.returncode == 0, out[-3000:]
     trials = optuna.load_study(study_name="ray-kill", storage=storage).get_trials()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_search.drivers import DRIVERS
+from edge_search.heartbeat import DEFAULT_GRACE_S, DEFAULT_INTERVAL_S
 from edge_search.samplers import SAMPLERS
 
 
@@ -43,6 +44,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--early-stop", action="store_true",
                    help="stop training a trial part-way when finished trials at least as fast are clearly more "
                         "accurate at the same epoch (measures the untrained network first, like --latency-gate)")
+    p.add_argument("--heartbeat-interval", type=int, default=DEFAULT_INTERVAL_S, metavar="S",
+                   help=f"seconds between a running trial's heartbeats in the storage (default {DEFAULT_INTERVAL_S})")
+    p.add_argument("--grace-period", type=int, default=DEFAULT_GRACE_S, metavar="S",
+                   help="a trial whose heartbeats stop this long (its process died or froze) is failed and "
+                        f"redone with the same parameters by any process sharing the study (default {DEFAULT_GRACE_S})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler, seed=args.seed, tracking_uri=args.tracking_uri, cache_dir=args.cache_dir,
         profiles=args.profiles, precision_target=args.precision_target, max_measure_s=args.max_measure_time,
         backend=args.backend, workers=args.workers, ray_address=args.ray_address, latency_gate=args.latency_gate,
-        early_stop=args.early_stop, confirm_rounds=args.confirm_rounds, baselines=not args.no_baselines))
+        early_stop=args.early_stop, confirm_rounds=args.confirm_rounds, baselines=not args.no_baselines,
+        heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period))
     t = summary.tally
     print(f"study {summary.study}: {summary.complete} distinct configurations evaluated, {len(summary.front)} on "
           f"the Pareto front ({summary.wall_s:.1f} s); failed {t.failures_text()}, {t.duplicates} duplicate "

@@ -2,48 +2,109 @@
 
 A measurement holds a lease on its device for as long as it runs, whatever else runs around it
 (parallel trials, a CI check, a second `edge-search measure`). `DeviceLease` is the seam; the
-implementation here, `FileLease`, is an OS file lock (``flock``) in a lock folder shared by all
-processes on one machine. A distributed lease (Redis, a database row, the board agent's own
-queue) can replace it by implementing `acquire`.
+implementation here, `FileLease`, is an `edge_search.expiring_lease.ExpiringLease` in a lock folder
+shared by all processes on one machine: renewed by its holder, lost ``ttl`` seconds after the
+holder dies *or freezes* (an OS ``flock`` would be held by a stopped process for ever), taken over
+at once when the holder and its measuring worker are both dead. A distributed lease (Redis, a
+database row, the board agent's own queue) can replace it by implementing `acquire`.
+
+A lease can be lost while held (its holder was stopped for longer than the ttl): `LeaseHandle.check`
+then raises `LeaseLost`, and whatever was measured under it is discarded, because someone else may
+have measured at the same time. A worker process started under the lease gets its `guard` and
+stops itself when the lease goes.
 
 The lock folder is ``~/.cache/edge-search/locks`` unless the environment variable
-``EDGE_SEARCH_LOCK_DIR`` names another one (tests and CI use that to keep runs apart).
+``EDGE_SEARCH_LOCK_DIR`` names another one (tests and CI use that to keep runs apart); the ttl is
+10 s unless ``EDGE_SEARCH_LEASE_TTL`` says otherwise.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import json
-import os
 import re
-import socket
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import filelock
+from edge_search.expiring_lease import (
+    DEFAULT_LOCK_DIR,
+    LOCK_DIR_ENV,
+    ExpiringLease,
+    HeldLease,
+    LeaseGuard,
+    LeaseLost,
+    LeaseTimeout,
+    default_lock_dir,
+)
 
-from edge_search.errors import EdgeSearchError
-
-LOCK_DIR_ENV = "EDGE_SEARCH_LOCK_DIR"
-DEFAULT_LOCK_DIR = Path("~/.cache/edge-search/locks")
+__all__ = ["DEFAULT_LOCK_DIR", "LOCK_DIR_ENV", "DeviceLease", "FileLease", "LeaseHandle", "LeaseLost",
+           "LeaseTimeout", "default_lock_dir"]
 
 
-class LeaseTimeout(EdgeSearchError):
-    """The device stayed busy for longer than the caller was willing to wait."""
-
-
-@dataclass(frozen=True)
 class LeaseHandle:
-    """A held lease: which device, how long the caller waited, and when it got it."""
+    """A held lease: which device, how long the caller waited, when it got it, and whether it still
+    holds (`check`)."""
 
-    device: str
-    wait_s: float
-    """Seconds spent waiting for the lease (0 when the device was free)."""
-    acquired_at: float
-    """Wall-clock time (``time.time()``) at which the lease was granted."""
+    def __init__(self, device: str, wait_s: float, acquired_at: float, held: HeldLease | None = None) -> None:
+        self.device = device
+        self.wait_s = wait_s
+        """Seconds spent waiting for the lease (0 when the device was free)."""
+        self.acquired_at = acquired_at
+        """Wall-clock time (``time.time()``) at which the lease was granted."""
+        self._held = held
+        self._reason: str | None = None
+        self._callbacks: list[Callable[[str], None]] = []
+        self._checks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        if held is not None:
+            held.on_lost(self.lose)
+
+    @property
+    def guard(self) -> LeaseGuard | None:
+        """What a worker process needs to stop itself when the lease goes (None: nothing to watch)."""
+        return self._held.guard if self._held is not None else None
+
+    def attach(self, pid: int) -> None:
+        """Record a worker process measuring under this lease (see `ExpiringLease`)."""
+        if self._held is not None:
+            self._held.attach(pid)
+
+    def lose(self, reason: str) -> None:
+        """Mark the lease lost (called by the lease itself, or by a wrapping lease such as Ray's)."""
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+            callbacks = list(self._callbacks)
+        for cb in callbacks:
+            with contextlib.suppress(Exception):
+                cb(reason)
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` as soon as the lease is found lost (from another thread)."""
+        with self._lock:
+            self._callbacks.append(callback)
+            reason = self._reason
+        if reason is not None:
+            callback(reason)
+
+    def add_check(self, confirm: Callable[[], None]) -> None:
+        """Run `confirm()` in `check` (a wrapping lease confirms its own hold; it calls `lose` if not)."""
+        self._checks.append(confirm)
+
+    def check(self) -> None:
+        """Raise `LeaseLost` unless the lease has held without a break until now."""
+        for confirm in self._checks:
+            confirm()
+        if self._held is not None:
+            try:
+                self._held.check()
+            except LeaseLost as err:
+                self.lose(str(err))
+        if self._reason is not None:
+            raise LeaseLost(f"device '{self.device}': {self._reason}")
 
 
 class DeviceLease(abc.ABC):
@@ -58,70 +119,38 @@ class DeviceLease(abc.ABC):
         """
 
 
-def default_lock_dir() -> Path:
-    """The lock folder: ``$EDGE_SEARCH_LOCK_DIR`` or ``~/.cache/edge-search/locks``."""
-    env = os.environ.get(LOCK_DIR_ENV)
-    return Path(env).expanduser() if env else DEFAULT_LOCK_DIR.expanduser()
-
-
-def _safe_name(device_name: str) -> str:
-    """A file name for a device name (anything outside [A-Za-z0-9._@-] becomes '_')."""
-    name = re.sub(r"[^A-Za-z0-9._@-]", "_", device_name)
-    if not name or name.startswith("."):
-        name = "_" + name
-    return name
+def safe_name(name: str) -> str:
+    """A file name for a device or lock name (anything outside [A-Za-z0-9._@-] becomes '_')."""
+    out = re.sub(r"[^A-Za-z0-9._@-]", "_", name)
+    if not out or out.startswith("."):
+        out = "_" + out
+    return out
 
 
 class FileLease(DeviceLease):
-    """A lease backed by an ``flock`` on ``<lock_dir>/<device>.lock``; exclusive across processes.
+    """A lease per device in ``<lock_dir>/<device>.lease/``; exclusive across processes and
+    threads of one machine (see the module docstring)."""
 
-    The kernel drops the lock when the holding process dies, so a crashed measurement never leaves
-    a device locked. Next to the lock, ``<device>.holder`` records who holds it (pid, host, since),
-    which the timeout message quotes. Locks taken through different `FileLease` objects, threads or
-    processes on one machine all exclude each other.
-    """
-
-    def __init__(self, lock_dir: Path | str | None = None, poll_interval_s: float = 0.005) -> None:
+    def __init__(self, lock_dir: Path | str | None = None, poll_interval_s: float = 0.005,
+                 ttl_s: float | None = None) -> None:
         self.lock_dir = Path(lock_dir).expanduser() if lock_dir is not None else default_lock_dir()
         self.poll_interval_s = poll_interval_s
+        self.ttl_s = ttl_s
 
-    def lock_path(self, device_name: str) -> Path:
-        """Path of the lock file for `device_name`."""
-        return self.lock_dir / f"{_safe_name(device_name)}.lock"
+    def lease(self, device_name: str) -> ExpiringLease:
+        """The expiring lease behind `device_name`."""
+        return ExpiringLease(self.lock_dir, safe_name(device_name), self.ttl_s, poll_s=self.poll_interval_s,
+                             label=f"device '{device_name}'")
 
-    def _holder_path(self, device_name: str) -> Path:
-        return self.lock_dir / f"{_safe_name(device_name)}.holder"
-
-    def holder(self, device_name: str) -> dict[str, object] | None:
-        """Who last took the lease on `device_name` (pid, host, since), if recorded."""
-        try:
-            data = json.loads(self._holder_path(device_name).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+    def holder(self, device_name: str) -> dict[str, Any] | None:
+        """Who holds, or last held, the lease on `device_name` (pid, host, since), if recorded."""
+        return self.lease(device_name).holder()
 
     @contextlib.contextmanager
     def acquire(self, device_name: str, timeout: float | None = None) -> Iterator[LeaseHandle]:
         """Hold the lease on `device_name` for the block; raise `LeaseTimeout` after `timeout` s."""
+        held = self.lease(device_name).acquire(timeout)
         try:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise EdgeSearchError(f"cannot create lock folder {self.lock_dir}: {err.strerror}") from None
-        # thread_local=False: the lock belongs to this object, whichever thread releases it.
-        lock = filelock.FileLock(str(self.lock_path(device_name)), thread_local=False,
-                                 poll_interval=self.poll_interval_s)
-        t0 = time.monotonic()
-        try:
-            lock.acquire(timeout=-1 if timeout is None else timeout)
-        except filelock.Timeout:
-            who = self.holder(device_name)
-            by = f" (held by pid {who.get('pid')} on {who.get('host')})" if who else ""
-            raise LeaseTimeout(f"device '{device_name}' is busy: no lease within {timeout:g} s{by}") from None
-        try:
-            handle = LeaseHandle(device=device_name, wait_s=time.monotonic() - t0, acquired_at=time.time())
-            with contextlib.suppress(OSError):
-                self._holder_path(device_name).write_text(json.dumps(
-                    {"pid": os.getpid(), "host": socket.gethostname(), "since": handle.acquired_at}))
-            yield handle
+            yield LeaseHandle(device_name, held.wait_s, held.acquired_at, held)
         finally:
-            lock.release()
+            held.release()

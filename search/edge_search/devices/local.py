@@ -13,12 +13,16 @@ measured inference. `measure_round` measures several models in ONE worker, in a 
 confirmation round).
 
 The lease is keyed on the machine (``local@<hostname>``), not on the profile, because two profiles
-that pin different cores of one machine still share its caches and memory bandwidth.
+that pin different cores of one machine still share its caches and memory bandwidth. It expires
+unless renewed (`edge_search.devices.lease`): a measurement whose lease was lost meanwhile (this
+process was stopped for longer than the lease's ttl) is discarded and measured again, at most
+`LEASE_ATTEMPTS` times, and the worker stops itself as soon as the lease goes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -30,17 +34,23 @@ from typing import Any, Literal
 
 from edge_search.devices.base import Device, MeasureRequest, NodeTiming
 from edge_search.devices.capabilities import ort_available_providers
-from edge_search.devices.lease import DeviceLease, FileLease
+from edge_search.devices.lease import DeviceLease, FileLease, LeaseHandle, LeaseLost
 from edge_search.devices.noise import HostNoise
 from edge_search.devices.processes import combine_processes, contention, needs_retry
 from edge_search.devices.profile import DeviceProfile
 from edge_search.devices.stats import LatencyStats
 from edge_search.errors import EdgeSearchError, InputError
+from edge_search.expiring_lease import GUARD_ENV, LEASE_LOST_EXIT
 
 #: Seconds a worker gets on top of the request's own time budget (start-up, session load, warm-up).
 WORKER_OVERHEAD_S = 90.0
 #: Pause before replacing a flagged worker (doubled each time): contention often comes in bursts.
 RETRY_PAUSE_S = 0.5
+
+LEASE_ATTEMPTS = 3
+"""Measurements discarded because the device lease was lost before `measure` gives up."""
+
+log = logging.getLogger(__name__)
 
 
 def allowed_cores(profile: DeviceProfile) -> tuple[int, ...]:
@@ -165,12 +175,23 @@ class LocalDevice(Device):
             return self.worker_timeout_s
         return WORKER_OVERHEAD_S + 1.5 * request.max_time_s + self.warmup_max_s + extra_s
 
-    def _run_worker(self, payload: str, timeout_s: float, model: Path) -> dict[str, Any]:
-        """Start a worker, feed it `payload`, return its parsed result; errors become exceptions."""
+    def _run_worker(self, payload: str, timeout_s: float, model: Path,
+                    lease: LeaseHandle | None = None) -> dict[str, Any]:
+        """Start a worker, feed it `payload`, return its parsed result; errors become exceptions.
+
+        Under a `lease` the worker is registered with it, gets its guard (it stops itself as soon
+        as the lease goes, even if this process is frozen) and is killed when this process finds
+        the lease lost; a lost lease raises `LeaseLost`, never returns a result."""
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        guard = lease.guard if lease is not None else None
+        if guard is not None:
+            env[GUARD_ENV] = guard.to_env()
         proc = subprocess.Popen([self.python, "-m", "edge_search.devices.worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        if lease is not None:
+            lease.attach(proc.pid)
+            lease.on_lost(lambda _reason: proc.kill())
         try:
             out, err = proc.communicate(payload, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -178,6 +199,10 @@ class LocalDevice(Device):
             proc.communicate()
             raise EdgeSearchError(f"measuring {model} on '{self.name}': worker did not finish within "
                                   f"{timeout_s:g} s and was killed") from None
+        if lease is not None:
+            lease.check()
+        if proc.returncode == LEASE_LOST_EXIT:
+            raise LeaseLost(f"device '{self.name}': the measuring worker stopped: the lease went")
         lines = [ln for ln in out.splitlines() if ln.strip()]
         result: dict[str, Any] | None = None
         if lines:
@@ -210,33 +235,42 @@ class LocalDevice(Device):
         payload = self._payload(request, "measure")
         threads = _threads(request)
         prior = self.noise.prior(threads)
-        used: list[LatencyStats] = []
-        flagged: list[LatencyStats] = []
-        budget = self.processes + self.max_retries
-        with self.lease.acquire(self.lease_name, self.lease_timeout_s) as handle:
-            started = time.time()
-            tries = 0
-            while len(used) < self.processes:
-                stats = self._one_worker(payload, request)
-                tries += 1
-                if needs_retry(stats) and budget - tries >= self.processes - len(used):
-                    flagged.append(stats)
-                    time.sleep(RETRY_PAUSE_S * 2 ** (len(flagged) - 1))
-                    continue
-                used.append(stats)
-            ended = time.time()
+        for attempt in range(1, LEASE_ATTEMPTS + 1):
+            used: list[LatencyStats] = []
+            flagged: list[LatencyStats] = []
+            budget = self.processes + self.max_retries
+            try:
+                with self.lease.acquire(self.lease_name, self.lease_timeout_s) as handle:
+                    started = time.time()
+                    tries = 0
+                    while len(used) < self.processes:
+                        stats = self._one_worker(payload, request, handle)
+                        tries += 1
+                        if needs_retry(stats) and budget - tries >= self.processes - len(used):
+                            flagged.append(stats)
+                            time.sleep(RETRY_PAUSE_S * 2 ** (len(flagged) - 1))
+                            continue
+                        used.append(stats)
+                    ended = time.time()
+                    handle.check()  # after `ended`: nobody else measured on the device in between
+                break
+            except LeaseLost as err:
+                if attempt == LEASE_ATTEMPTS:
+                    raise EdgeSearchError(f"measuring {request.model_path}: the device lease was lost "
+                                          f"{attempt} times; last: {err}") from None
+                log.warning("measurement of %s discarded (%s); measuring again", request.model_path, err)
         # Every try flagged: of all of them, keep the least contended as the figure.
         if all(needs_retry(s) for s in used) and flagged:
             pool = sorted(used + flagged, key=contention)
             used, flagged = pool[: self.processes], pool[self.processes:]
         if len(used) > 1:
             self.noise.record_processes(threads, [s.median_ms for s in used])
-        stats = combine_processes(used, prior, discarded=flagged)
-        return stats.model_copy(update={"lease_wait_s": handle.wait_s, "started_at": started,
-                                        "ended_at": ended})
+        combined = combine_processes(used, prior, discarded=flagged)
+        return combined.model_copy(update={"lease_wait_s": handle.wait_s, "started_at": started,
+                                           "ended_at": ended})
 
-    def _one_worker(self, payload: str, request: MeasureRequest) -> LatencyStats:
-        result = self._run_worker(payload, self._timeout(request), Path(request.model_path))
+    def _one_worker(self, payload: str, request: MeasureRequest, handle: LeaseHandle) -> LatencyStats:
+        result = self._run_worker(payload, self._timeout(request), Path(request.model_path), handle)
         try:
             return LatencyStats.from_json(json.dumps(result))
         except ValueError as err:
@@ -253,8 +287,17 @@ class LocalDevice(Device):
             self.check(r)
         payload = self._payload(requests[0], "rounds", batch=requests)
         timeout = sum(self._timeout(r) - WORKER_OVERHEAD_S for r in requests) + WORKER_OVERHEAD_S
-        with self.lease.acquire(self.lease_name, self.lease_timeout_s):
-            result = self._run_worker(payload, timeout, Path(requests[0].model_path))
+        for attempt in range(1, LEASE_ATTEMPTS + 1):
+            try:
+                with self.lease.acquire(self.lease_name, self.lease_timeout_s) as handle:
+                    result = self._run_worker(payload, timeout, Path(requests[0].model_path), handle)
+                    handle.check()  # a round measured while another process held the device is not one
+                break
+            except LeaseLost as err:
+                if attempt == LEASE_ATTEMPTS:
+                    raise EdgeSearchError(f"a confirmation round on '{self.name}': the device lease was lost "
+                                          f"{attempt} times; last: {err}") from None
+                log.warning("confirmation round discarded (%s); measuring it again", err)
         try:
             return [LatencyStats.model_validate(r) for r in result["results"]]
         except (KeyError, TypeError, ValueError) as err:
@@ -267,8 +310,9 @@ class LocalDevice(Device):
             raise InputError("profile runs must be at least 1")
         self.check(request)
         payload = self._payload(request, "profile", runs)
-        with self.lease.acquire(self.lease_name, self.lease_timeout_s):
-            result = self._run_worker(payload, self._timeout(request, extra_s=60.0), Path(request.model_path))
+        with self.lease.acquire(self.lease_name, self.lease_timeout_s) as handle:
+            result = self._run_worker(payload, self._timeout(request, extra_s=60.0), Path(request.model_path),
+                                      handle)
         return [NodeTiming(name=n["name"], op_type=n["op_type"], mean_us=float(n["mean_us"]),
                            count=int(n["count"]), provider=n.get("provider", "")) for n in result["nodes"]]
 

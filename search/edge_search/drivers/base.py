@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from edge_search.heartbeat import HeartbeatSettings
+
 if TYPE_CHECKING:
     from edge_search.pipeline import Pipeline
     from edge_search.progress import RunProgress
@@ -31,13 +33,17 @@ class DriverOptions:
     """The study's storage URL as given (None: the default SQLite file), for workers elsewhere."""
     profiles: tuple[Path, ...] = ()
     """Extra device profile files or folders, for workers elsewhere."""
+    heartbeat: HeartbeatSettings | None = None
+    """Trial heartbeats and the grace period after which a silent trial is redone (None: off)."""
 
 
 class Driver(Protocol):
     """Evaluates trials of `session` until it holds `n_trials` complete ones.
 
     Called once per `edge-search run`, in the process that opened the study, after orphaned
-    trials were recovered. It must record every trial it starts (complete, pruned as invalid, or
+    trials were recovered. While it runs, it must keep recovering them (`session.sweeper`) and
+    record every trial's heartbeat (`edge_search.recovery.TrialHeartbeat`), with
+    `options.heartbeat`. It must record every trial it starts (complete, pruned as invalid, or
     failed with its reason) through `session`, call `progress.update` as trials finish, keep the
     front current (`session.update_front`), and return when `session.n_complete() >= n_trials`.
     It may evaluate with `pipeline` in this process (embedded) or rebuild an equivalent pipeline in

@@ -22,6 +22,7 @@ from edge_search.pareto import latency_label
 from edge_search.pipeline import GatedOut, Pipeline, StageFailed, StoppedEarly
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
+from edge_search.recovery import TrialHeartbeat, ask, is_surplus, yield_surplus
 from edge_search.space import suggest_config
 from edge_search.study import StudySession
 
@@ -125,14 +126,18 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
                options: DriverOptions | None = None, *, max_consecutive_rejects: int = 50,
                max_consecutive_duplicates: int = 10, wait_s: float = 1.0) -> None:
     """The embedded `Driver`: ask and evaluate trials in this process until the study holds
-    `n_trials` distinct evaluated configurations (`options` are not needed: one trial at a time).
+    `n_trials` distinct evaluated configurations (`options.heartbeat`: one trial at a time, here,
+    under a heartbeat).
 
     Duplicates and failures do not count. After `max_consecutive_duplicates` duplicate proposals in
     a row the next trial is a configuration not seen yet (from the enumerated space, else one random
     proposal); when a discrete space has no unseen configuration left, the run ends and says so.
     After `max_consecutive_rejects` failures in a row the run stops with the last reason rather
-    than loop forever.
+    than loop forever. Before each ask, and while other processes run the last trials, the trials
+    of dead or frozen processes are failed and redone (`edge_search.recovery`).
     """
+    heartbeat = options.heartbeat if options is not None else None
+    sweeper = session.sweeper(heartbeat)
     ledger = StudyLedger(session.study)
     grid = SpaceGrid.of(session.space, pipeline)
     rng = random.Random(len(session.study.trials))
@@ -141,6 +146,8 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
                       f"{n_trials}; the run ends when it has seen them all")
     rejects = duplicates = 0
     while True:
+        for recovered in sweeper.sweep():
+            progress.note(recovered.summary())
         ledger.scan()
         if session.n_complete() >= n_trials:
             break
@@ -151,9 +158,8 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
             break
         if session.n_complete() + session.n_running() >= n_trials:
             # Other processes share the study and run the last trials: wait for them rather than
-            # overshoot; if one of them dies, its trial is recovered and redone here.
+            # overshoot; if one of them dies or freezes, the sweep fails its trial and it is redone here.
             time.sleep(wait_s)
-            session.recover_orphans()
             continue
         if duplicates >= max_consecutive_duplicates:
             duplicates = 0
@@ -161,12 +167,23 @@ def run_optuna(session: StudySession, pipeline: Pipeline, n_trials: int, progres
             if params is not None:
                 session.study.enqueue_trial(params, user_attrs={TrialRecord.SEED_REASON: "not seen yet (the "
                                                                  "sampler repeated itself)"})
-                trial = session.study.ask()
+                trial = ask(session.study)
             else:
                 trial = _ask_randomly(session, rng)
         else:
-            trial = session.study.ask()
-        outcome, line = run_trial(session, pipeline, trial, ledger=ledger)
+            trial = ask(session.study)
+        with TrialHeartbeat(session.study, trial._trial_id, heartbeat) as beat:
+            if is_surplus(session.study, trial.number, n_trials):  # another process asked for the last slot too
+                yield_surplus(session.study, trial)
+                continue
+            try:
+                outcome, line = run_trial(session, pipeline, trial, ledger=ledger)
+            except Exception:
+                if not beat.taken_over():
+                    raise
+                progress.note(f"trial {trial.number} was failed and redone elsewhere while this process was "
+                              "stopped; its result is dropped")
+                continue
         if outcome == Outcome.DUPLICATE:
             duplicates += 1
             if duplicates > 10 * max_consecutive_duplicates and grid is None:
@@ -192,7 +209,7 @@ def _ask_randomly(session: StudySession, rng: random.Random) -> optuna.Trial:
     sampler = session.study.sampler
     session.study.sampler = optuna.samplers.RandomSampler(seed=rng.randrange(1 << 30))
     try:
-        return session.study.ask()
+        return ask(session.study)
     finally:
         session.study.sampler = sampler
 

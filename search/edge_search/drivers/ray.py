@@ -14,7 +14,11 @@ not care which back-end ran. Ray's pitfalls, handled here:
   exhaustion is detected only by the embedded driver (a Ray round of nothing but duplicates
   stops the run with its "finished no trial" error).
 - Device measurements stay exclusive across workers and machines: a named Ray actor per device
-  (`RayDeviceLease`), taken before the machine's own file lock.
+  (`RayDeviceLease`), taken before the machine's own lease; a renewal that fails stops the
+  measurement.
+- A worker that dies or freezes mid-trial: workers record the trial's heartbeat; the driver fails
+  stale trials and queues them again with the same parameters (`edge_search.recovery`), and kills a
+  stopped worker of this machine so that Tune gets its slot back.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import socket
 import tempfile
 import threading
 import time
@@ -37,9 +43,11 @@ import optuna
 from edge_search.devices.lease import DeviceLease, FileLease, LeaseHandle, LeaseTimeout
 from edge_search.drivers.base import DriverOptions
 from edge_search.errors import MissingDependency
+from edge_search.heartbeat import HeartbeatSettings
 from edge_search.pipeline import Pipeline
 from edge_search.progress import RunProgress
 from edge_search.records import TrialRecord
+from edge_search.recovery import Owner, Recovered, TrialHeartbeat
 from edge_search.study import StudySession
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,7 @@ class WorkerSpec:
     latency_gate: bool = False
     early_stop: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    heartbeat: HeartbeatSettings | None = None
 
 
 # -- the Ray-side device lease --------------------------------------------------------------------
@@ -114,8 +123,11 @@ class RayDeviceLease(DeviceLease):
     """Exclusive device lease across a Ray cluster, then across this machine's processes.
 
     The holder renews its lease every `ttl_s / 3` seconds from a background thread; a holder that
-    dies (a killed worker) stops renewing and its lease lapses after `ttl_s`, so the device is
-    never blocked for longer than that.
+    dies or freezes stops renewing and its lease lapses after `ttl_s`, so the device is never
+    blocked for longer than that. A renewal that fails, times out or is refused (the lease lapsed
+    and went to another holder) marks the handle lost: the measuring worker is killed and the
+    measurement discarded (`LeaseHandle.check`, which also confirms the lease with the actor once
+    more after the measurement).
     """
 
     def __init__(self, local: DeviceLease | None = None, ttl_s: float = 10.0) -> None:
@@ -132,21 +144,47 @@ class RayDeviceLease(DeviceLease):
         wait = 1e9 if timeout is None else timeout
         if not ray.get(actor.acquire.remote(holder, self.ttl_s, wait)):
             raise LeaseTimeout(f"device '{device_name}' is busy on the cluster: no lease within {wait:g} s")
-        stop = threading.Event()
-
-        def renew() -> None:
-            while not stop.wait(self.ttl_s / 3):
-                ray.get(actor.renew.remote(holder, self.ttl_s))
-
-        renewer = threading.Thread(target=renew, name="edge-search-lease-renew", daemon=True)
-        renewer.start()
         try:
-            with self.local.acquire(device_name, timeout) as inner:
-                yield LeaseHandle(device_name, time.monotonic() - t0, inner.acquired_at)
+            with self.local.acquire(device_name, timeout) as handle:
+                handle.wait_s = time.monotonic() - t0
+                renewal = _Renewal(ray, actor, holder, self.ttl_s, handle)
+                handle.add_check(renewal.renew)
+                with renewal:
+                    yield handle
         finally:
-            stop.set()
-            renewer.join()
-            ray.get(actor.release.remote(holder))
+            with contextlib.suppress(Exception):  # a dead actor has nothing to release
+                ray.get(actor.release.remote(holder), timeout=self.ttl_s)
+
+
+class _Renewal:
+    """Renews a Ray lease every ttl/3 s while the block runs; a failed renewal loses `handle`."""
+
+    def __init__(self, ray: Any, actor: Any, holder: str, ttl_s: float, handle: LeaseHandle) -> None:
+        self.ray, self.actor, self.holder, self.ttl_s, self.handle = ray, actor, holder, ttl_s, handle
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edge-search-lease-renew", daemon=True)
+
+    def renew(self) -> None:
+        """One renewal now; marks the handle lost when the actor refuses it or does not answer."""
+        try:
+            ok = self.ray.get(self.actor.renew.remote(self.holder, self.ttl_s), timeout=self.ttl_s / 3)
+        except Exception as err:  # the actor or its node is gone, or it did not answer in time
+            self.handle.lose(f"the Ray lease could not be renewed ({type(err).__name__}: {err})")
+            return
+        if not ok:
+            self.handle.lose("the Ray lease lapsed and went to another holder")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            self.renew()
+
+    def __enter__(self) -> _Renewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # -- the worker side --------------------------------------------------------------------------------
@@ -181,7 +219,8 @@ def _build_worker_state(spec: WorkerSpec) -> tuple[StudySession, Any]:
     device = create_device(profile, **kwargs)
     task = create_task(space.task.name, space.task.options)
     session = StudySession.attach(space=space, device=spec.device, study_name=spec.study_name,
-                                  storage=make_storage(spec.storage_url), tracker=Tracker(spec.tracking_uri))
+                                  storage=make_storage(spec.storage_url, spec.heartbeat),
+                                  tracker=Tracker(spec.tracking_uri))
     pipeline = Pipeline(task, device, profile, ArtifactCache(Path(spec.cache_dir)), seed=space.seed,
                         precision_target=spec.precision_target, max_measure_s=spec.max_measure_s,
                         latency_gate=spec.latency_gate,
@@ -197,7 +236,13 @@ def evaluate_in_worker(config: dict[str, Any], spec: WorkerSpec) -> dict[str, fl
 
     session, pipeline = _worker_state(spec)
     trial = optuna.Trial(session.study, int(config[TRIAL_ID_KEY]))
-    outcome, _line = run_trial(session, pipeline, trial, tell=False)
+    with TrialHeartbeat(session.study, trial._trial_id, spec.heartbeat) as beat:
+        try:
+            outcome, _line = run_trial(session, pipeline, trial, tell=False)
+        except Exception:
+            if not beat.taken_over():
+                raise
+            outcome = Outcome.CRASHED  # this worker was stopped; the driver failed and redid its trial
     names = session.space.objective_names
     if outcome == Outcome.EVALUATED:
         metrics = TrialRecord.of(session.study._storage.get_trial(trial._trial_id)).metrics
@@ -240,7 +285,8 @@ def worker_spec(session: StudySession, pipeline: Pipeline, options: DriverOption
                       study_name=session.name, precision_target=pipeline.precision_target,
                       max_measure_s=pipeline.max_measure_s, lock_dir=str(default_lock_dir().resolve()),
                       latency_gate=pipeline.latency_gate, early_stop=pipeline.early_stop is not None,
-                      env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")})
+                      env={k: v for k, v in os.environ.items() if k.startswith("EDGE_SEARCH_")},
+                      heartbeat=options.heartbeat)
 
 
 def run_ray(session: StudySession, pipeline: Pipeline, n_trials: int, progress: RunProgress,
@@ -274,6 +320,7 @@ def run_ray(session: StudySession, pipeline: Pipeline, n_trials: int, progress: 
     space = session.space
 
     define_by_run = DefineByRun(space.model_dump(mode="json"), cores)
+    sweep = _sweep_callback(session, options.heartbeat, progress)
     try:
         storage = make_storage(spec.storage_url)
         while session.n_complete() < n_trials:
@@ -286,7 +333,7 @@ def run_ray(session: StudySession, pipeline: Pipeline, n_trials: int, progress: 
                 tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=workers),
                                             num_samples=remaining, reuse_actors=True),
                 run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="es-tune-"), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=0)))
+                                          failure_config=tune.FailureConfig(max_failures=0), callbacks=[sweep]))
             tuner.fit()
             done = session.n_complete()
             session.update_front()
@@ -297,6 +344,40 @@ def run_ray(session: StudySession, pipeline: Pipeline, n_trials: int, progress: 
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _sweep_callback(session: StudySession, heartbeat: HeartbeatSettings | None, progress: RunProgress) -> Any:
+    """A Tune callback that, every heartbeat interval, fails and redoes the trials of dead or frozen
+    workers (the redo is the next trial OptunaSearch asks for). A frozen worker of this machine is
+    killed, so that Tune gets its slot back: Ray notices dead processes, not stopped ones (one
+    stopped on another machine keeps its slot until it resumes, then drops its result)."""
+    from ray import tune
+
+    sweeper = session.sweeper(heartbeat, observe_unowned=False)  # asked trials wait for a worker, unowned
+    every_s = heartbeat.interval_s if heartbeat is not None else 10
+
+    class Sweep(tune.Callback):
+        due = 0.0
+
+        def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            if time.monotonic() < self.due:
+                return
+            self.due = time.monotonic() + every_s
+            for recovered in sweeper.sweep():
+                progress.note(recovered.summary())
+                _end_stopped_worker(recovered)
+
+    return Sweep()
+
+
+def _end_stopped_worker(recovered: Recovered) -> None:
+    """SIGKILL the process of a trial failed as stale if it still exists on this machine."""
+    owner = Owner(**recovered.owner) if recovered.owner else None
+    if owner is None or owner.host != socket.gethostname() or owner.dead_here() or owner.pid == os.getpid():
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(owner.pid, signal.SIGKILL)
+        log.warning("killed Ray worker pid %d: its trial %d went stale (stopped?)", owner.pid, recovered.number)
 
 
 def _cores(spec: WorkerSpec) -> int:

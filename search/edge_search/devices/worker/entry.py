@@ -13,6 +13,7 @@ from pathlib import Path
 import edge_search.devices.worker as worker_package
 from edge_search.devices.worker.engine import run_request
 from edge_search.devices.worker.request import WorkerFailure, WorkerRequest, one_line
+from edge_search.expiring_lease import watch_guard_from_env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--request", type=Path, help="read the request from this file (default: stdin)")
     parser.add_argument("--out", type=Path, help="write the result line to this file (default: stdout)")
     args = parser.parse_args(argv)
+    watch_guard_from_env()  # started under a device lease: stop at once when it goes
 
     # Keep fd 1 for the result only: anything else written to stdout lands on stderr.
     result_fd = os.dup(1)
