@@ -1,7 +1,7 @@
 """Validate the latency emulator on architecture families it has never seen.
 
 Usage:
-    python benchmarks/emulator_validation.py [--write-profiles] [--no-png]
+    python benchmarks/emulator_validation.py [--write-profiles] [--no-png] [--skip-host] [--resnet-only]
 
 1. Boards, leave-one-family-out (LOFO): every used row of the two published CSVs shipped in the
    package (`edge_search.devices.emulation.published`) becomes an observation; for each
@@ -13,7 +13,8 @@ Usage:
    the held-out family are reported apart (an unseen runtime, not an unseen family).
 2. ResNet-18 / ResNet-50 predictions on every board profile (fp32 and int8, all cores, ONNX
    Runtime; GPU paths through the TensorRT and CUDA providers), fitted on every family **except
-   resnet**, with the shipped unseen-family bands as intervals.
+   resnet**, with the shipped unseen-family bands as intervals (``--resnet-only``: this table alone,
+   from one fit, with the bands of the shipped profiles).
 3. Host, LOFO: the reference suite measured on this machine (`benchmarks/data/host_suite_e2e.json`:
    ONNX Runtime, 1 thread, fp32 and int8) fitted with the same model (host peaks as the prior);
    share of held-out families' latencies within ±10 % and ±20 %, rho.
@@ -133,6 +134,32 @@ def resnet_table(rows: list[F.Obs], profiles: dict[str, DeviceProfile], bands: d
     return out
 
 
+def print_resnet(resnet: list[dict[str, Any]]) -> None:
+    print("\nResNet-18/50, ONNX Runtime, fit without any resnet row (interval: the profile's unseen-family band, "
+          "from leave-one-family-out)")
+    print(f"{'device':18s} {'model':9s} {'path':18s} {'prec':5s} {'predicted':>10s}  interval")
+    for r in resnet:
+        print(f"{r['device']:18s} {r['model']:9s} {r['path']:18s} {r['precision']:5s} {r['predicted_ms']:9.2f} ms  "
+              f"[{r['low_ms']:.2f}, {r['high_ms']:.2f}] (±{r['band']:.0%}) {r['note']}")
+    for dev in BOARDS:
+        for model in ("resnet18", "resnet50"):
+            cpu = {r["precision"]: r["predicted_ms"] for r in resnet
+                   if r["device"] == dev and r["model"] == model and r["path"].startswith("CPU")}
+            if "fp32" in cpu and "int8" in cpu:
+                print(f"  {dev} {model}: CPU int8 speed-up over fp32 {cpu['fp32'] / cpu['int8']:.2f}x")
+
+
+def shipped_bands(profiles: dict[str, DeviceProfile]) -> dict[str, dict[str, float]]:
+    """The bands the shipped board profiles carry (leave-one-family-out, written by --write-profiles)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in BOARDS:
+        ph = profiles[name].calibration.physics
+        if ph is None:
+            raise SystemExit(f"error: profile {name} has no physics calibration; run with --write-profiles first")
+        out[name] = {k: v.value for k, v in ph.bands.items()}
+    return out
+
+
 def host_validation(profiles: dict[str, DeviceProfile]) -> dict[str, Any]:
     """LOFO on this host's own suite measurements (ONNX Runtime, 1 thread)."""
     data = json.loads(HOST_DATA.read_text())
@@ -222,9 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-profiles", action="store_true", help="rewrite the shipped board profiles' calibration")
     ap.add_argument("--no-png", action="store_true", help="skip the Chromium PNG")
     ap.add_argument("--skip-host", action="store_true", help="skip the host leave-one-family-out")
+    ap.add_argument("--resnet-only", action="store_true",
+                    help="only the ResNet-18/50 table (fit without resnet; bands from the shipped profiles)")
     args = ap.parse_args(argv)
     t0 = time.time()
     profiles = load_profiles()
+    if args.resnet_only:
+        from edge_search.devices.emulation.boards import observations
+        from edge_search.devices.emulation.published import read_all
+
+        obs = observations(read_all(), profiles, work_table())
+        print_resnet(resnet_table(obs, profiles, shipped_bands(profiles)))
+        return 0
     fit = calibrate_boards(profiles, progress=log)
     bands = {n: {k: v.value for k, v in ph.bands.items()} for n, ph in fit.physics.items()}
     rows = [h.obs for h in fit.held]
@@ -256,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, f in unseen.items():
             print(f"{k:28s} {f['n']:4.0f} {f['median_abs_err']:8.1%} {f['within_25']:6.0%} {f['within_30']:6.0%}  "
                   f"runtimes {f['runtimes']}")
-    print("\nResNet-18/50, ONNX Runtime, fit without any resnet row (interval: the profile's unseen-family band)")
-    for r in resnet:
-        print(f"{r['device']:18s} {r['model']:9s} {r['path']:18s} {r['precision']:5s} {r['predicted_ms']:9.2f} ms  "
-              f"[{r['low_ms']:.2f}, {r['high_ms']:.2f}] {r['note']}")
+    print_resnet(resnet)
     if host:
         print(f"\nHost, leave-one-family-out ({host['n']} model/precision pairs, {host['families']} families)")
         for prec in ("fp32", "int8", "all"):

@@ -152,3 +152,47 @@ def test_int8_without_fp32_data_is_tied_to_the_fp32_efficiency() -> None:
     ratio = F.PRIOR_INT8_RATIO[False][0]
     assert fp32 / int8_nodot == pytest.approx(2.0 * ratio, rel=0.05)
     assert int8_dot > int8_nodot  # same peak here: the dot-product prior ratio is lower
+
+
+def _rt_obs(family: str, g: float, ms: float, runtime: str, precision: str = "fp32", threads: int = 1,
+            path: str = "cpu") -> F.Obs:
+    work = ModelWork({"conv3": g}, nodes=1, gflops=g)
+    return F.Obs("board", path, precision, runtime, threads, "arm", PEAKS, work, family, ms, dot=False)
+
+
+def test_other_runtimes_int8_speed_ups_do_not_move_onnx_runtimes_int8_ratio() -> None:
+    rows = []
+    for fam, g in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0)):
+        fp32 = 1000 * g / (10 * 0.5)
+        rows.append(_rt_obs(fam, g, fp32, "ort"))
+        rows.append(_rt_obs(fam, g, fp32, "ncnn"))
+        rows.append(_rt_obs(fam, g, fp32 / 3.0, "ncnn", "int8"))  # ncnn's own int8 kernels: 3x over fp32
+    res = F.fit(rows, tau=0.2)
+    q = [_rt_obs("x", 4.0, math.nan, rt, p) for rt, p in (("ort", "fp32"), ("ort", "int8"), ("ncnn", "int8"))]
+    ort32, ort8, ncnn8 = F.predict(res, q)
+    # ncnn's 3x is learned for ncnn; ONNX Runtime without a dot product stays at its prior (~1.3x)
+    assert ort32 / ncnn8 == pytest.approx(3.0, rel=0.15)
+    assert ort32 / ort8 == pytest.approx(2.0 * F.PRIOR_INT8_RATIO[False][0], rel=0.1)
+
+
+def test_onnx_runtime_without_one_thread_rows_scales_like_the_devices_other_runtimes() -> None:
+    rows = []
+    for fam, g in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0)):
+        one = 1000 * g / (10 * 0.5)
+        for rt in ("ncnn", "xnnpack"):
+            rows += [_rt_obs(fam, g, one, rt), _rt_obs(fam, g, one / 1.6, rt, threads=4)]  # 1.6x at 4 threads
+        rows.append(_rt_obs(fam, g, one / 1.6, "ort", threads=4))  # ONNX Runtime: all cores only
+    res = F.fit(rows, tau=0.2)
+    one_t, four_t = F.predict(res, [_rt_obs("x", 4.0, math.nan, "ort", threads=n) for n in (1, 4)])
+    # eta 0.8 at the prior would say 3.4x; the device's runtimes say 1.6x
+    assert one_t / four_t < 2.2
+
+
+def test_a_band_widened_by_a_prior_spread_adds_in_quadrature_in_log_space() -> None:
+    from edge_search.devices.emulation.boards import widen_band
+
+    assert widen_band(0.5, 0.0) == pytest.approx(0.5)
+    wide = widen_band(0.5, 0.4)
+    # 85 % quantile of |N(0, 0.4)| is 1.44 x 0.4 = 0.576 in log; with log(1.5) = 0.405: hypot = 0.704
+    assert wide == pytest.approx(math.exp(math.hypot(math.log(1.5), 1.4395 * 0.4)) - 1, rel=1e-3)
+    assert wide > widen_band(0.5, 0.2) > 0.5

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from edge_search.devices.emulation import fit as F
 from edge_search.devices.emulation.physics import (
@@ -124,6 +125,13 @@ def _val(res: F.FitResult, name: str) -> float:
     return 0.0
 
 
+def widen_band(band: float, log_sd: float) -> float:
+    """`band` (a `F.BAND_QUANTILE` quantile of |log error|) with an independent normal log error of sd
+    `log_sd` added in quadrature at the same quantile."""
+    z = float(norm.ppf(0.5 + F.BAND_QUANTILE / 2))
+    return math.exp(math.hypot(math.log1p(band), z * log_sd)) - 1.0
+
+
 def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs],
                   figures: dict[str, dict[str, float]], bands: dict[str, float], csvs: str) -> PhysicsFit:
     """Resolve the joint fit's parameters for one profile, each with where it came from."""
@@ -155,7 +163,7 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             lg = _val(res, f"eff.cpu.fp32.{k}") + _val(res, f"dev.{d}.cpu") + _val(res, f"dev.{d}.cpu.{k}")
             why = "ONNX Runtime, 1 thread, fraction of peak"
             if prec != "fp32":
-                lg += (_val(res, f"eff.cpu.{prec}.{k}") + _val(res, f"dev.{d}.cpu.{prec}")
+                lg += (_val(res, f"dev.{d}.cpu.{prec}")
                        + _val(res, f"dev.{d}.cpu.{prec}.{k}"))
                 if k != "memory":
                     lg += _val(res, f"q.cpu.{prec}.{dot}")
@@ -165,8 +173,10 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             params[f"cpu.eff.{prec}.{k}"] = Sourced(value=round(math.exp(lg), 6), source=f"{why}; {src}")
     src = about("cpu")
     for grp in ("compute", "memory"):
-        params[f"cpu.eta.{grp}"] = Sourced(value=round(_sig(_val(res, f"eta.{d}.{grp}")), 4),
-                                           source=f"thread scaling 1+(n-1)eta; {src}")
+        e = _val(res, f"eta.{d}.{grp}") + _val(res, f"eta_rt.{CPU_REFERENCE_RUNTIME}.{grp}")
+        params[f"cpu.eta.{grp}"] = Sourced(value=round(_sig(e), 4),
+                                           source=f"thread scaling 1+(n-1)eta (ONNX Runtime: the device's scaling "
+                                                  f"and ONNX Runtime's own term, 0 without 1-thread rows); {src}")
     params["cpu.overhead_ms"] = Sourced(value=round(math.exp(_val(res, f"overhead.{d}.cpu")), 5), source=src)
     params["cpu.node_us"] = Sourced(value=round(math.exp(_val(res, f"node.{d}.cpu")), 4),
                                     source=f"per kernel, ONNX Runtime; {src}")
@@ -205,8 +215,14 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             pooled = [v for k, v in bands.items() if k.endswith("/" + path) and not math.isnan(v)]
             b = max(pooled) if pooled else NO_DATA_BAND
             n, what = 0, f"no held-out rows on {d} {path}: the widest band of that path on the other boards"
-        out_bands[path] = Sourced(value=round(max(b, BAND_FLOOR), 4),
-                                  source=band_src.format(q=F.BAND_QUANTILE, n=n, what=what, floor=BAND_FLOOR))
+        src_b = band_src.format(q=F.BAND_QUANTILE, n=n, what=what, floor=BAND_FLOOR)
+        if path == "cpu-int8" and res.value(f"q.cpu.int8.{dot}") is None:
+            # no ONNX Runtime int8 row on a core of this kind: the held-out errors (other runtimes' int8, each
+            # with its own fitted ratio) never tested ONNX Runtime's int8/fp32 ratio, which sits at its prior
+            b = widen_band(b, F.PRIOR_SD["int8"])
+            src_b += (f"; widened by the prior spread of ONNX Runtime's int8/fp32 ratio (log sd "
+                      f"{F.PRIOR_SD['int8']:g}, no ONNX Runtime int8 rows on a {dot} core)")
+        out_bands[path] = Sourced(value=round(max(b, BAND_FLOOR), 4), source=src_b)
     val = {k.split("/", 1)[1]: {m: round(x, 4) for m, x in v.items()} for k, v in figures.items()
            if k.startswith(d + "/")}
     return PhysicsFit(

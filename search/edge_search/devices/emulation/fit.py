@@ -11,8 +11,9 @@ The model (one for every device and path, fitted jointly to all published rows):
   class deviation + runtime x class-group factor); ONNX Runtime is the reference runtime (factor
   0) on the CPU, its TensorRT provider on the GPU, so every other runtime (ncnn, XNNPACK, Arm NN,
   OpenCV, PyTorch, TensorRT, ...) is carried through a fitted ratio per ISA, precision and group;
-- ``s_k(n) = 1 + (n - 1) x eta``, eta per device for compute classes and for bandwidth classes
-  (depthwise, memory), fitted from the rows at 1 and at n threads;
+- ``s_k(n) = 1 + (n - 1) x eta``, eta = sigmoid(device term + runtime term) for compute classes and
+  for bandwidth classes (depthwise, memory), fitted from the rows at 1 and at n threads; a runtime
+  without 1-thread rows (ONNX Runtime) scales like the typical runtime on that device;
 - ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost.
 
 Every parameter has a Gaussian prior (log space; logit for eta), so a class or runtime with
@@ -50,7 +51,7 @@ PRIOR_EFF_CPU = {"conv3": 0.3, "convk": 0.2, "pointwise": 0.3, "gemm": 0.3, "dep
 PRIOR_EFF_GPU = {"conv3": 0.3, "dense": 0.3, "depthwise": 0.05, "memory": 0.3}
 PRIOR_SD = {"eff": 1.0, "dev": 0.5, "dev_prec": 0.3, "devclass": 0.25, "devclass_prec": 0.15, "rt": 0.7,
             "rt_prec": 0.5, "rt_prec_group": 0.25, "eta": 1.0, "eta_rt": 0.7, "overhead": 1.5, "node": 1.5,
-            "node_rt": 1.0, "int8": 0.4, "int8_class": 0.3, "gpu_rt_prec": 0.5}
+            "node_rt": 1.0, "int8": 0.4, "int8_other": 0.5, "int8_class": 0.3, "gpu_rt_prec": 0.5}
 PRIOR_ETA = {"compute": 0.8, "memory": 0.4}
 PRIOR_OVERHEAD_MS = {"cpu": 0.2, "gpu": 1.0}
 PRIOR_NODE_US = {"cpu": 10.0, "gpu": 30.0}
@@ -65,7 +66,17 @@ PRIOR_INT8_RATIO = {False: (0.65, "int8 kernels without a dot-product instructio
 """Prior of ONNX Runtime's int8 efficiency as a ratio of its fp32 efficiency (compute classes), by
 whether the core has an int8 dot-product instruction. ONNX Runtime's own guidance: on hardware without
 VNNI/dot-product instructions quantisation can give little or no speed-up (onnxruntime.ai, "Why am I not
-seeing performance improvements")."""
+seeing performance improvements"). This ratio (``q.cpu.int8.<dot|nodot>``) belongs to ONNX Runtime
+alone: other runtimes' int8 kernels (ncnn, XNNPACK, Arm NN, TFLite) are their own code, so their
+int8/fp32 ratios are fitted apart (``q_rt``, `PRIOR_INT8_RATIO_OTHER`) and do not move ONNX Runtime's."""
+PRIOR_INT8_RATIO_OTHER = 1.0
+"""Prior int8/fp32 efficiency ratio of the non-reference runtimes (``q_rt.cpu.int8.<dot|nodot>``, sd
+`PRIOR_SD` ``int8_other``): no assumption beyond "int8 kernels reach the share of the int8 peak that
+fp32 kernels reach of the fp32 peak"; the data (ncnn, XNNPACK, Arm NN, TFLite int8 rows) set it."""
+PRIOR_RT_GPU_PREC_SD = {"tensorrt": 0.2}
+"""Spread of a GPU runtime's precision term (``rt.<r>.gpu.<precision>``) where it is known to be small:
+TensorRT's fp16 kernels are the ones ONNX Runtime's TensorRT provider builds, so TensorRT fp16 rows set
+the provider's fp16 efficiency (the provider has no published fp16 rows)."""
 TAU_INIT = 0.3
 """Start of the between-benchmark spread (log sd) before it is estimated from the data (`estimate_tau`)."""
 BENCH_MIN_ROWS = 3
@@ -122,7 +133,8 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
     """Parameter indices of one row: per class the efficiency terms and the eta terms, overhead, node cost.
 
     CPU efficiency of class k at precision p on device d with runtime r (log):
-    ``eff.cpu.fp32.k`` [+ ``q.cpu.p.dot|nodot`` + ``eff.cpu.p.k`` for p != fp32] + ``dev.d.cpu`` +
+    ``eff.cpu.fp32.k`` [+ ``q.cpu.p.dot|nodot`` (ONNX Runtime) or ``q_rt.cpu.p.dot|nodot`` +
+    ``q_rt.cpu.p.k`` (the others) for p != fp32] + ``dev.d.cpu`` +
     ``dev.d.cpu.p`` + ``dev.d.cpu.k`` + ``dev.d.cpu.p.k`` [+ ``rt.r.isa.g`` + ``rt.r.isa.p`` +
     ``rt.r.isa.p.g`` + ``bench.b`` for r != ONNX Runtime]: every level is shrunk toward the one above it
     (a runtime's class-group pattern is shared across precisions; int8 is tied to fp32)."""
@@ -139,20 +151,27 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
                      pr.get(f"dev.{d}.cpu.{k}", 0.0, PRIOR_SD["devclass"])]
             if p != "fp32":
                 if k != "memory":
-                    m, _ = PRIOR_INT8_RATIO[o.dot] if p == "int8" else (1.0, "")
-                    terms.append(pr.get(f"q.cpu.{p}.{'dot' if o.dot else 'nodot'}", math.log(m), PRIOR_SD["int8"]))
-                terms += [pr.get(f"eff.cpu.{p}.{k}", 0.0, PRIOR_SD["int8_class"]),
-                          pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev_prec"]),
+                    dot = "dot" if o.dot else "nodot"
+                    if ref:  # ONNX Runtime's own int8 ratio (MLAS kernels)
+                        m = PRIOR_INT8_RATIO[o.dot][0] if p == "int8" else 1.0
+                        terms.append(pr.get(f"q.cpu.{p}.{dot}", math.log(m), PRIOR_SD["int8"]))
+                    else:
+                        terms.append(pr.get(f"q_rt.cpu.{p}.{dot}", math.log(PRIOR_INT8_RATIO_OTHER),
+                                            PRIOR_SD["int8_other"]))
+                if not ref:  # the other runtimes' int8 class pattern (ONNX Runtime's is its fp32 pattern)
+                    terms.append(pr.get(f"q_rt.cpu.{p}.{k}", 0.0, PRIOR_SD["int8_class"]))
+                terms += [pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev_prec"]),
                           pr.get(f"dev.{d}.cpu.{p}.{k}", 0.0, PRIOR_SD["devclass_prec"])]
             if not ref:
                 terms += [pr.get(f"rt.{o.runtime}.{o.isa}.{g}", 0.0, PRIOR_SD["rt"]),
                           pr.get(f"rt.{o.runtime}.{o.isa}.{p}", 0.0, PRIOR_SD["rt_prec"]),
                           pr.get(f"rt.{o.runtime}.{o.isa}.{p}.{g}", 0.0, PRIOR_SD["rt_prec_group"])]
             grp = _THREAD_GROUP[k]
-            e = [pr.get(f"eta.{d}.{grp}", _logit(PRIOR_ETA[grp]), PRIOR_SD["eta"])]
-            if not ref:
-                e.append(pr.get(f"eta_rt.{o.runtime}.{grp}", 0.0, PRIOR_SD["eta_rt"]))
-            eta.append(e)
+            # every runtime, ONNX Runtime included, deviates from the device's thread scaling by its own
+            # term: ONNX Runtime has no published 1-thread rows, so it scales like the typical runtime on
+            # that device instead of sitting at the global prior
+            eta.append([pr.get(f"eta.{d}.{grp}", _logit(PRIOR_ETA[grp]), PRIOR_SD["eta"]),
+                        pr.get(f"eta_rt.{o.runtime}.{grp}", 0.0, PRIOR_SD["eta_rt"])])
         else:
             terms = [
                 pr.get(f"eff.gpu.{p}.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
@@ -161,7 +180,8 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
             if not ref:
                 m, s = PRIOR_RT_GPU.get(o.runtime, (0.0, PRIOR_SD["rt"]))
                 terms += [pr.get(f"rt.{o.runtime}.gpu.{g}", m, s),
-                          pr.get(f"rt.{o.runtime}.gpu.{p}", 0.0, PRIOR_SD["gpu_rt_prec"])]
+                          pr.get(f"rt.{o.runtime}.gpu.{p}", 0.0,
+                                 PRIOR_RT_GPU_PREC_SD.get(o.runtime, PRIOR_SD["gpu_rt_prec"]))]
             eta.append([])
         eff.append(terms + bench)
     over = [pr.get(f"overhead.{d}.{path}", math.log(PRIOR_OVERHEAD_MS[path]), PRIOR_SD["overhead"])]
