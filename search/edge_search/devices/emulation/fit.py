@@ -14,7 +14,16 @@ The model (one for every device and path, fitted jointly to all published rows):
 - ``s_k(n) = 1 + (n - 1) x eta``, eta = sigmoid(device term + runtime term) for compute classes and
   for bandwidth classes (depthwise, memory), fitted from the rows at 1 and at n threads; a runtime
   without 1-thread rows (ONNX Runtime) scales like the typical runtime on that device;
-- ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost.
+- ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost;
+- int8 on the CPU is tied to fp32: ONNX Runtime's int8 efficiency is its fp32 efficiency times one
+  fitted ratio per core kind (with or without an int8 dot-product instruction, `PRIOR_INT8_RATIO`),
+  plus device terms; the other runtimes have their own ratio and class pattern (``q_rt``), so ncnn's
+  or XNNPACK's int8 speed-ups do not become ONNX Runtime's;
+- a benchmark effect per non-reference benchmark (source x runtime x device x path x precision:
+  one setup, OS, clock and timing method), normal with a spread tau estimated from the data
+  (`estimate_tau`): a held-out family of a known benchmark is predicted with its effect, a new setup
+  (a user's) at the runtime level without it (`predict(level="runtime")`); the shipped bands are
+  runtime-level held-out errors.
 
 Every parameter has a Gaussian prior (log space; logit for eta), so a class or runtime with
 little data stays at a physically plausible value; the fit is a least-squares fit of log latency
