@@ -196,3 +196,23 @@ def test_a_band_widened_by_a_prior_spread_adds_in_quadrature_in_log_space() -> N
     # 85 % quantile of |N(0, 0.4)| is 1.44 x 0.4 = 0.576 in log; with log(1.5) = 0.405: hypot = 0.704
     assert wide == pytest.approx(math.exp(math.hypot(math.log(1.5), 1.4395 * 0.4)) - 1, rel=1e-3)
     assert wide > widen_band(0.5, 0.2) > 0.5
+
+
+def test_the_shipped_profiles_predict_what_the_fit_predicts() -> None:
+    """A profile's physics block (what `predict` uses) reproduces the joint fit at the runtime level,
+    on every board, path, precision and GPU provider (parameters without data included)."""
+    from edge_search.devices.emulation.boards import obs_for, observations, predict_work, work_table
+
+    profiles, table = load_profiles(), work_table()
+    res = F.fit(observations(read_all(), profiles, table))
+    work = table["resnet18@224"]
+    for name, p in profiles.items():
+        if p.calibration.physics is None:
+            continue
+        cases = [("cpu", prec, "ort", p.cpu.cores) for prec in ("fp32", "int8")]
+        if p.accelerator is not None:
+            cases += [("gpu", prec, rt, 1) for rt in ("ort-trt", "ort-cuda") for prec in ("fp32", "fp16", "int8")]
+        for path, prec, rt, n in cases:
+            shipped = predict_work(p, work, prec, n, runtime=rt).median_ms
+            fitted = F.predict(res, [obs_for(p, work, path, prec, rt, n)], level="runtime")[0]
+            assert shipped == pytest.approx(fitted, rel=0.01), (name, path, prec, rt)

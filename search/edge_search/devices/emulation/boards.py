@@ -120,8 +120,8 @@ def _val(res: F.FitResult, name: str) -> float:
         return math.log(F.PRIOR_OVERHEAD_MS[name.rsplit(".", 1)[1]])
     if name.startswith("node."):
         return math.log(F.PRIOR_NODE_US[name.rsplit(".", 1)[1]])
-    if name.startswith("rt.") and ".gpu." in name:
-        return F.PRIOR_RT_GPU.get(name.split(".")[1], (0.0, 0.0))[0]
+    if name.startswith("rt.") and ".gpu." in name and name.rsplit(".", 1)[1] in F.RT_GROUPS:
+        return F.PRIOR_RT_GPU.get(name.split(".")[1], (0.0, 0.0))[0]  # precision terms have prior mean 0
     return 0.0
 
 
