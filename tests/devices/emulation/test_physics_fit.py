@@ -31,8 +31,8 @@ def test_a_class_without_data_stays_at_its_prior() -> None:
     assert res.value("eff.cpu.fp32.depthwise") == pytest.approx(math.log(F.PRIOR_EFF_CPU["depthwise"]), abs=1e-6)
     assert res.value("eff.cpu.fp32.memory") == pytest.approx(math.log(F.PRIOR_EFF_CPU["memory"]), abs=1e-6)
     # the dense classes move from the prior (0.3) toward the data (0.6 of the peak)
-    eff = math.exp(res.value("eff.cpu.fp32.conv3") + res.value("dev.board.cpu.fp32")  # type: ignore[operator]
-                   + res.value("dev.board.cpu.fp32.conv3"))
+    eff = math.exp(res.value("eff.cpu.fp32.conv3") + res.value("dev.board.cpu")  # type: ignore[operator]
+                   + res.value("dev.board.cpu.conv3"))
     assert 0.4 < eff < 0.8
     # an unseen device predicts from the prior alone, finite and positive
     other = F.Obs("other", "cpu", "fp32", "ort", 1, "arm", PEAKS, rows[0].work, "x")
@@ -117,3 +117,102 @@ def test_every_emulated_profile_predicts_the_tiny_model_with_an_interval(tiny: P
         if p.gpu_providers:
             g = estimate_graph(tiny, p, SessionKnobs(providers=(p.gpu_providers[0],)))
             assert g.extra["path"] == "gpu" and g.ci_low_ms < g.median_ms < g.ci_high_ms
+
+
+def _bobs(family: str, gflop: float, ms: float, runtime: str, bench: str) -> F.Obs:
+    work = ModelWork({"conv3": gflop}, nodes=1, gflops=gflop)
+    return F.Obs("board", "cpu", "fp32", runtime, 1, "arm", PEAKS, work, family, ms, bench=bench)
+
+
+def test_benchmark_effect_is_learned_from_the_other_families_and_left_out_at_the_runtime_level() -> None:
+    rows = []
+    for fam, g in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0)):
+        base = 1000 * g / (10 * 0.5)
+        rows.append(_bobs(fam, g, base, "ort", ""))
+        rows.append(_bobs(fam, g, base * 2.0, "other", "slow-setup"))  # one benchmark 2x slower
+        rows.append(_bobs(fam, g, base * 0.5, "other", "fast-setup"))  # another 2x faster
+    res = F.fit(rows)
+    assert res.tau > 0.3  # the two setups differ by 4x: the fitted between-benchmark spread is large
+    held = {(h.obs.family, h.obs.bench): h for h in F.lofo(rows)}
+    slow = held[("a", "slow-setup")]
+    # the held-out family's benchmark effect comes from the other families of the same benchmark
+    assert abs(slow.log_error) < 0.15
+    # at the runtime level (a new setup) the benchmark effect is left out: between the two setups
+    assert slow.runtime_level_ms < slow.predicted_ms * 0.75
+    assert F.predict(res, [slow.obs], level="runtime")[0] < F.predict(res, [slow.obs])[0]
+
+
+def test_int8_without_fp32_data_is_tied_to_the_fp32_efficiency() -> None:
+    rows = [_obs(f"f{i}", g, 1000 * 1.5 * g / 10 / 0.5) for i, g in enumerate((0.5, 1, 2, 4))]
+    res = F.fit(rows, tau=0.2)
+    q = [F.Obs("board", "cpu", p, "ort", 1, "arm", PEAKS, rows[2].work, "x", dot=dot)
+         for p, dot in (("fp32", False), ("int8", False), ("int8", True))]
+    fp32, int8_nodot, int8_dot = F.predict(res, q)
+    # PEAKS: int8 peak 2x fp32; the prior int8/fp32 efficiency ratio makes the speed-up ~1.3x, not 2x
+    ratio = F.PRIOR_INT8_RATIO[False][0]
+    assert fp32 / int8_nodot == pytest.approx(2.0 * ratio, rel=0.05)
+    assert int8_dot > int8_nodot  # same peak here: the dot-product prior ratio is lower
+
+
+def _rt_obs(family: str, g: float, ms: float, runtime: str, precision: str = "fp32", threads: int = 1,
+            path: str = "cpu") -> F.Obs:
+    work = ModelWork({"conv3": g}, nodes=1, gflops=g)
+    return F.Obs("board", path, precision, runtime, threads, "arm", PEAKS, work, family, ms, dot=False)
+
+
+def test_other_runtimes_int8_speed_ups_do_not_move_onnx_runtimes_int8_ratio() -> None:
+    rows = []
+    for fam, g in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0)):
+        fp32 = 1000 * g / (10 * 0.5)
+        rows.append(_rt_obs(fam, g, fp32, "ort"))
+        rows.append(_rt_obs(fam, g, fp32, "ncnn"))
+        rows.append(_rt_obs(fam, g, fp32 / 3.0, "ncnn", "int8"))  # ncnn's own int8 kernels: 3x over fp32
+    res = F.fit(rows, tau=0.2)
+    q = [_rt_obs("x", 4.0, math.nan, rt, p) for rt, p in (("ort", "fp32"), ("ort", "int8"), ("ncnn", "int8"))]
+    ort32, ort8, ncnn8 = F.predict(res, q)
+    # ncnn's 3x is learned for ncnn; ONNX Runtime without a dot product stays at its prior (~1.3x)
+    assert ort32 / ncnn8 == pytest.approx(3.0, rel=0.15)
+    assert ort32 / ort8 == pytest.approx(2.0 * F.PRIOR_INT8_RATIO[False][0], rel=0.1)
+
+
+def test_onnx_runtime_without_one_thread_rows_scales_like_the_devices_other_runtimes() -> None:
+    rows = []
+    for fam, g in (("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0)):
+        one = 1000 * g / (10 * 0.5)
+        for rt in ("ncnn", "xnnpack"):
+            rows += [_rt_obs(fam, g, one, rt), _rt_obs(fam, g, one / 1.6, rt, threads=4)]  # 1.6x at 4 threads
+        rows.append(_rt_obs(fam, g, one / 1.6, "ort", threads=4))  # ONNX Runtime: all cores only
+    res = F.fit(rows, tau=0.2)
+    one_t, four_t = F.predict(res, [_rt_obs("x", 4.0, math.nan, "ort", threads=n) for n in (1, 4)])
+    # eta 0.8 at the prior would say 3.4x; the device's runtimes say 1.6x
+    assert one_t / four_t < 2.2
+
+
+def test_a_band_widened_by_a_prior_spread_adds_in_quadrature_in_log_space() -> None:
+    from edge_search.devices.emulation.boards import widen_band
+
+    assert widen_band(0.5, 0.0) == pytest.approx(0.5)
+    wide = widen_band(0.5, 0.4)
+    # 85 % quantile of |N(0, 0.4)| is 1.44 x 0.4 = 0.576 in log; with log(1.5) = 0.405: hypot = 0.704
+    assert wide == pytest.approx(math.exp(math.hypot(math.log(1.5), 1.4395 * 0.4)) - 1, rel=1e-3)
+    assert wide > widen_band(0.5, 0.2) > 0.5
+
+
+def test_the_shipped_profiles_predict_what_the_fit_predicts() -> None:
+    """A profile's physics block (what `predict` uses) reproduces the joint fit at the runtime level,
+    on every board, path, precision and GPU provider (parameters without data included)."""
+    from edge_search.devices.emulation.boards import obs_for, observations, predict_work, work_table
+
+    profiles, table = load_profiles(), work_table()
+    res = F.fit(observations(read_all(), profiles, table))
+    work = table["resnet18@224"]
+    for name, p in profiles.items():
+        if p.calibration.physics is None:
+            continue
+        cases = [("cpu", prec, "ort", p.cpu.cores) for prec in ("fp32", "int8")]
+        if p.accelerator is not None:
+            cases += [("gpu", prec, rt, 1) for rt in ("ort-trt", "ort-cuda") for prec in ("fp32", "fp16", "int8")]
+        for path, prec, rt, n in cases:
+            shipped = predict_work(p, work, prec, n, runtime=rt).median_ms
+            fitted = F.predict(res, [obs_for(p, work, path, prec, rt, n)], level="runtime")[0]
+            assert shipped == pytest.approx(fitted, rel=0.01), (name, path, prec, rt)

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from edge_search.devices.emulation import fit as F
 from edge_search.devices.emulation.physics import (
@@ -57,13 +58,14 @@ def isa(profile: DeviceProfile) -> str:
 
 def obs_for(profile: DeviceProfile, work: ModelWork, path: str, precision: str, runtime: str, threads: int,
             family: str = "", clock_ghz: float | None = None, latency_ms: float = math.nan, rid: str = "",
-            model: str = "") -> F.Obs:
+            model: str = "", bench: str = "") -> F.Obs:
     """One observation (or query) of `work` on `profile`."""
     peaks = cpu_peaks(profile, clock_ghz) if path == "cpu" else gpu_peaks(profile)
     if not peaks:
         raise InputError(f"device '{profile.name}' has no accelerator: no GPU path")
     return F.Obs(profile.name, path, precision, runtime, threads, isa(profile), {k: v[0] for k, v in peaks.items()},
-                 work, family or str(work.extra.get("family", "")), latency_ms, rid, model)
+                 work, family or str(work.extra.get("family", "")), latency_ms, rid, model, bench,
+                 profile.cpu.int8_dot_product)
 
 
 def observations(rows: Sequence[PublishedRow], profiles: dict[str, DeviceProfile],
@@ -75,8 +77,14 @@ def observations(rows: Sequence[PublishedRow], profiles: dict[str, DeviceProfile
         if not r.used or r.model not in table or r.device not in profiles:
             continue
         out.append(obs_for(profiles[r.device], table[r.model], r.path, r.precision, r.runtime, r.threads,
-                           clock_ghz=r.clock_ghz, latency_ms=r.latency_ms, rid=r.rid, model=r.model))
+                           clock_ghz=r.clock_ghz, latency_ms=r.latency_ms, rid=r.rid, model=r.model,
+                           bench=benchmark_id(r)))
     return out
+
+
+def benchmark_id(r: PublishedRow) -> str:
+    """The benchmark a published row belongs to: its source, runtime, device, path and precision."""
+    return f"{r.source}|{r.runtime}|{r.device}|{r.path}|{r.precision}"
 
 
 @dataclass
@@ -100,8 +108,10 @@ def _val(res: F.FitResult, name: str) -> float:
         return v
     from edge_search.devices.emulation.fit import PRIOR_EFF_CPU, PRIOR_EFF_GPU, PRIOR_ETA
 
-    if name.startswith("eff.cpu."):
+    if name.startswith("eff.cpu.fp32."):
         return math.log(PRIOR_EFF_CPU[name.rsplit(".", 1)[1]])
+    if name.startswith("q.cpu.int8."):
+        return math.log(F.PRIOR_INT8_RATIO[name.endswith(".dot")][0])
     if name.startswith("eff.gpu."):
         return math.log(PRIOR_EFF_GPU[name.rsplit(".", 1)[1]])
     if name.startswith("eta."):
@@ -110,9 +120,16 @@ def _val(res: F.FitResult, name: str) -> float:
         return math.log(F.PRIOR_OVERHEAD_MS[name.rsplit(".", 1)[1]])
     if name.startswith("node."):
         return math.log(F.PRIOR_NODE_US[name.rsplit(".", 1)[1]])
-    if name.startswith("rt.") and ".gpu." in name:
-        return F.PRIOR_RT_GPU.get(name.split(".")[1], (0.0, 0.0))[0]
+    if name.startswith("rt.") and ".gpu." in name and name.rsplit(".", 1)[1] in F.RT_GROUPS:
+        return F.PRIOR_RT_GPU.get(name.split(".")[1], (0.0, 0.0))[0]  # precision terms have prior mean 0
     return 0.0
+
+
+def widen_band(band: float, log_sd: float) -> float:
+    """`band` (a `F.BAND_QUANTILE` quantile of |log error|) with an independent normal log error of sd
+    `log_sd` added in quadrature at the same quantile."""
+    z = float(norm.ppf(0.5 + F.BAND_QUANTILE / 2))
+    return math.exp(math.hypot(math.log1p(band), z * log_sd)) - 1.0
 
 
 def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs],
@@ -139,17 +156,27 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             params["cpu.bandwidth_gb_s"] = Sourced(value=round(v, 4), source=why)
         else:
             params[f"cpu.peak.{prec}"] = Sourced(value=round(v, 4), source=f"datasheet prior: {why}")
+    dot = "dot" if profile.cpu.int8_dot_product else "nodot"
     for prec in ("fp32", "int8"):
         src = about("cpu", prec)
         for k in WORK_CLASSES:
-            lg = (_val(res, f"eff.cpu.{prec}.{k}") + _val(res, f"dev.{d}.cpu.{prec}")
-                  + _val(res, f"dev.{d}.cpu.{prec}.{k}"))
-            params[f"cpu.eff.{prec}.{k}"] = Sourced(value=round(math.exp(lg), 6),
-                                                    source=f"ONNX Runtime, 1 thread, fraction of peak; {src}")
+            lg = _val(res, f"eff.cpu.fp32.{k}") + _val(res, f"dev.{d}.cpu") + _val(res, f"dev.{d}.cpu.{k}")
+            why = "ONNX Runtime, 1 thread, fraction of peak"
+            if prec != "fp32":
+                lg += (_val(res, f"dev.{d}.cpu.{prec}")
+                       + _val(res, f"dev.{d}.cpu.{prec}.{k}"))
+                if k != "memory":
+                    lg += _val(res, f"q.cpu.{prec}.{dot}")
+                    ratio, rwhy = F.PRIOR_INT8_RATIO[profile.cpu.int8_dot_product]
+                    why += (f"; tied to the fp32 efficiency by a fitted int8/fp32 efficiency ratio (prior {ratio:g}: "
+                            f"{rwhy})")
+            params[f"cpu.eff.{prec}.{k}"] = Sourced(value=round(math.exp(lg), 6), source=f"{why}; {src}")
     src = about("cpu")
     for grp in ("compute", "memory"):
-        params[f"cpu.eta.{grp}"] = Sourced(value=round(_sig(_val(res, f"eta.{d}.{grp}")), 4),
-                                           source=f"thread scaling 1+(n-1)eta; {src}")
+        e = _val(res, f"eta.{d}.{grp}") + _val(res, f"eta_rt.{CPU_REFERENCE_RUNTIME}.{grp}")
+        params[f"cpu.eta.{grp}"] = Sourced(value=round(_sig(e), 4),
+                                           source=f"thread scaling 1+(n-1)eta (ONNX Runtime: the device's scaling "
+                                                  f"and ONNX Runtime's own term, 0 without 1-thread rows); {src}")
     params["cpu.overhead_ms"] = Sourced(value=round(math.exp(_val(res, f"overhead.{d}.cpu")), 5), source=src)
     params["cpu.node_us"] = Sourced(value=round(math.exp(_val(res, f"node.{d}.cpu")), 4),
                                     source=f"per kernel, ONNX Runtime; {src}")
@@ -162,8 +189,9 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             ref = rt == GPU_REFERENCE_RUNTIME
             for prec in ("fp32", "fp16", "int8"):
                 for g in F.RT_GROUPS:
-                    lg = (_val(res, f"eff.gpu.{prec if prec != 'int8' else 'fp16'}.{g}") + _val(res, f"dev.{d}.gpu")
-                          + (0.0 if ref else _val(res, f"rt.{rt}.gpu.{g}")))
+                    gp = prec if prec != "int8" else "fp16"
+                    lg = (_val(res, f"eff.gpu.{gp}.{g}") + _val(res, f"dev.{d}.gpu")
+                          + (0.0 if ref else _val(res, f"rt.{rt}.gpu.{g}") + _val(res, f"rt.{rt}.gpu.{gp}")))
                     extra = " (int8: the fp16 efficiency at the int8 peak, no int8 GPU data)" if prec == "int8" else ""
                     params[f"gpu.{rt}.eff.{prec}.{g}"] = Sourced(value=round(math.exp(lg), 6),
                                                                  source=f"{rt}, fraction of peak{extra}; {gsrc}")
@@ -171,8 +199,8 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             nd = _val(res, f"node.{d}.gpu") + (0.0 if ref else _val(res, f"node_rt.{rt}.gpu"))
             params[f"gpu.{rt}.overhead_ms"] = Sourced(value=round(math.exp(o), 5), source=f"{rt}; {gsrc}")
             params[f"gpu.{rt}.node_us"] = Sourced(value=round(math.exp(nd), 4), source=f"{rt}; {gsrc}")
-    band_src = ("{q:.0%} quantile of |log error| of leave-one-family-out predictions ({n} held-out rows of {what}; "
-                "floor {floor:.0%})")
+    band_src = ("{q:.0%} quantile of |log error| of leave-one-family-out predictions at the runtime level (no "
+                "benchmark effect: a new setup; {n} held-out rows of {what}; floor {floor:.0%})")
     out_bands: dict[str, Sourced] = {}
     for path in ("cpu-fp32", "cpu-int8", "gpu"):
         if path == "gpu" and profile.accelerator is None:
@@ -187,8 +215,14 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             pooled = [v for k, v in bands.items() if k.endswith("/" + path) and not math.isnan(v)]
             b = max(pooled) if pooled else NO_DATA_BAND
             n, what = 0, f"no held-out rows on {d} {path}: the widest band of that path on the other boards"
-        out_bands[path] = Sourced(value=round(max(b, BAND_FLOOR), 4),
-                                  source=band_src.format(q=F.BAND_QUANTILE, n=n, what=what, floor=BAND_FLOOR))
+        src_b = band_src.format(q=F.BAND_QUANTILE, n=n, what=what, floor=BAND_FLOOR)
+        if path == "cpu-int8" and res.value(f"q.cpu.int8.{dot}") is None:
+            # no ONNX Runtime int8 row on a core of this kind: the held-out errors (other runtimes' int8, each
+            # with its own fitted ratio) never tested ONNX Runtime's int8/fp32 ratio, which sits at its prior
+            b = widen_band(b, F.PRIOR_SD["int8"])
+            src_b += (f"; widened by the prior spread of ONNX Runtime's int8/fp32 ratio (log sd "
+                      f"{F.PRIOR_SD['int8']:g}, no ONNX Runtime int8 rows on a {dot} core)")
+        out_bands[path] = Sourced(value=round(max(b, BAND_FLOOR), 4), source=src_b)
     val = {k.split("/", 1)[1]: {m: round(x, 4) for m, x in v.items()} for k, v in figures.items()
            if k.startswith(d + "/")}
     return PhysicsFit(
@@ -209,7 +243,14 @@ def calibrate_boards(profiles: dict[str, DeviceProfile], v2: Path | None = None,
     res = F.fit(rows)
     held = F.lofo(rows, progress=progress)
     figures = F.figures(held)
-    bands = F.bands_from_errors(held)
+    runtime_level = F.figures(F.runtime_view(held))
+    for key, f in figures.items():
+        for m in ("median_abs_err", "within_30", "coverage", "band"):
+            f[f"runtime_level_{m}"] = runtime_level.get(key, {}).get(m, math.nan)
+        f["tau"] = res.tau
+    # the shipped band is for a new setup (a user's ONNX Runtime): the runtime-level held-out errors,
+    # which carry the between-benchmark spread on top of the family error
+    bands = F.bands_from_errors(F.runtime_view(held))
     phys = {n: physics_block(p, res, rows, figures, bands, csvs) for n, p in boards.items()}
     return BoardsFit(res, held, figures, phys)
 
@@ -275,7 +316,9 @@ def held_table(held: Sequence[F.Held]) -> list[dict[str, object]]:
     return [{"rid": h.obs.rid, "device": h.obs.device, "path": h.obs.path, "precision": h.obs.precision,
              "runtime": h.obs.runtime, "threads": h.obs.threads, "model": h.obs.model, "family": h.obs.family,
              "published_ms": h.obs.latency_ms, "predicted_ms": round(h.predicted_ms, 4),
-             "rel_error": round(h.predicted_ms / h.obs.latency_ms - 1.0, 4)} for h in held]
+             "rel_error": round(h.predicted_ms / h.obs.latency_ms - 1.0, 4),
+             "runtime_level_ms": round(h.runtime_level_ms, 4), "runtime_seen": h.runtime_seen,
+             "benchmark": h.obs.bench} for h in held]
 
 
 def spread(values: Sequence[float]) -> float:

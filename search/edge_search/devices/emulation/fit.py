@@ -11,9 +11,19 @@ The model (one for every device and path, fitted jointly to all published rows):
   class deviation + runtime x class-group factor); ONNX Runtime is the reference runtime (factor
   0) on the CPU, its TensorRT provider on the GPU, so every other runtime (ncnn, XNNPACK, Arm NN,
   OpenCV, PyTorch, TensorRT, ...) is carried through a fitted ratio per ISA, precision and group;
-- ``s_k(n) = 1 + (n - 1) x eta``, eta per device for compute classes and for bandwidth classes
-  (depthwise, memory), fitted from the rows at 1 and at n threads;
-- ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost.
+- ``s_k(n) = 1 + (n - 1) x eta``, eta = sigmoid(device term + runtime term) for compute classes and
+  for bandwidth classes (depthwise, memory), fitted from the rows at 1 and at n threads; a runtime
+  without 1-thread rows (ONNX Runtime) scales like the typical runtime on that device;
+- ``overhead`` and ``node_cost`` per device and path, with a runtime factor on the node cost;
+- int8 on the CPU is tied to fp32: ONNX Runtime's int8 efficiency is its fp32 efficiency times one
+  fitted ratio per core kind (with or without an int8 dot-product instruction, `PRIOR_INT8_RATIO`),
+  plus device terms; the other runtimes have their own ratio and class pattern (``q_rt``), so ncnn's
+  or XNNPACK's int8 speed-ups do not become ONNX Runtime's;
+- a benchmark effect per non-reference benchmark (source x runtime x device x path x precision:
+  one setup, OS, clock and timing method), normal with a spread tau estimated from the data
+  (`estimate_tau`): a held-out family of a known benchmark is predicted with its effect, a new setup
+  (a user's) at the runtime level without it (`predict(level="runtime")`); the shipped bands are
+  runtime-level held-out errors.
 
 Every parameter has a Gaussian prior (log space; logit for eta), so a class or runtime with
 little data stays at a physically plausible value; the fit is a least-squares fit of log latency
@@ -27,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -48,14 +58,39 @@ _THREAD_GROUP = {k: ("compute" if k in COMPUTE_WORK else "memory") for k in WORK
 # prior means (efficiency is a fraction of the roofline peak) and spreads, log space
 PRIOR_EFF_CPU = {"conv3": 0.3, "convk": 0.2, "pointwise": 0.3, "gemm": 0.3, "depthwise": 0.05, "memory": 0.15}
 PRIOR_EFF_GPU = {"conv3": 0.3, "dense": 0.3, "depthwise": 0.05, "memory": 0.3}
-PRIOR_SD = {"eff": 1.0, "dev": 0.5, "devclass": 0.25, "rt": 0.7, "eta": 1.0, "overhead": 1.5, "node": 1.5,
-            "node_rt": 1.0}
+PRIOR_SD = {"eff": 1.0, "dev": 0.5, "dev_prec": 0.3, "devclass": 0.25, "devclass_prec": 0.15, "rt": 0.7,
+            "rt_prec": 0.5, "rt_prec_group": 0.25, "eta": 1.0, "eta_rt": 0.7, "overhead": 1.5, "node": 1.5,
+            "node_rt": 1.0, "int8": 0.4, "int8_other": 0.5, "int8_class": 0.3, "gpu_rt_prec": 0.5}
 PRIOR_ETA = {"compute": 0.8, "memory": 0.4}
 PRIOR_OVERHEAD_MS = {"cpu": 0.2, "gpu": 1.0}
 PRIOR_NODE_US = {"cpu": 10.0, "gpu": 30.0}
-PRIOR_RT_GPU = {"tensorrt": (0.0, 0.3), "ort-cuda": (math.log(0.5), 0.7)}
-"""GPU runtimes with an informed prior: TensorRT itself is close to ORT's TensorRT provider; the
-CUDA provider is slower (no layer fusion across kernels)."""
+PRIOR_RT_GPU = {"tensorrt": (0.0, 0.1), "ort-cuda": (math.log(0.5), 0.7)}
+"""GPU runtimes with an informed prior: TensorRT itself runs the engines ONNX Runtime's TensorRT provider
+builds (same kernels; the provider's own cost is in its overhead and per-kernel terms), so its
+efficiency factor is held close to 0; the CUDA provider is slower (no layer fusion across kernels)."""
+PRIOR_INT8_RATIO = {False: (0.65, "int8 kernels without a dot-product instruction (A57/A72: widening "
+                            "multiply-accumulate, UMULL/UADALP in ONNX Runtime's MLAS) reach a smaller share of the "
+                            "int8 peak than fp32 kernels of the fp32 peak: ~1.3x over fp32 expected, not 2x"),
+                    True: (0.5, "with SDOT/UDOT or VNNI the int8 peak is 4x fp32, but requantisation, Q/DQ "
+                           "around unquantised ops and im2col in int8 take a larger share: ~2x over fp32 expected")}
+"""Prior of ONNX Runtime's int8 efficiency as a ratio of its fp32 efficiency (compute classes), by
+whether the core has an int8 dot-product instruction. ONNX Runtime's own guidance: on hardware without
+VNNI/dot-product instructions quantisation can give little or no speed-up (onnxruntime.ai, "Why am I not
+seeing performance improvements"). This ratio (``q.cpu.int8.<dot|nodot>``) belongs to ONNX Runtime
+alone: other runtimes' int8 kernels (ncnn, XNNPACK, Arm NN, TFLite) are their own code, so their
+int8/fp32 ratios are fitted apart (``q_rt``, `PRIOR_INT8_RATIO_OTHER`) and do not move ONNX Runtime's."""
+PRIOR_INT8_RATIO_OTHER = 1.0
+"""Prior int8/fp32 efficiency ratio of the non-reference runtimes (``q_rt.cpu.int8.<dot|nodot>``, sd
+`PRIOR_SD` ``int8_other``): no assumption beyond "int8 kernels reach the share of the int8 peak that
+fp32 kernels reach of the fp32 peak"; the data (ncnn, XNNPACK, Arm NN, TFLite int8 rows) set it."""
+PRIOR_RT_GPU_PREC_SD = {"tensorrt": 0.1}
+"""Spread of a GPU runtime's precision term (``rt.<r>.gpu.<precision>``) where it is known to be small:
+TensorRT's fp16 kernels are the ones ONNX Runtime's TensorRT provider builds, so TensorRT fp16 rows set
+the provider's fp16 efficiency (the provider has no published fp16 rows)."""
+TAU_INIT = 0.3
+"""Start of the between-benchmark spread (log sd) before it is estimated from the data (`estimate_tau`)."""
+BENCH_MIN_ROWS = 3
+"""Benchmarks with fewer rows do not inform the between-benchmark spread."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,11 @@ class Obs:
     latency_ms: float = math.nan
     rid: str = ""
     model: str = ""
+    bench: str = ""
+    """The benchmark the figure belongs to (source x runtime x device x path x precision): figures of one
+    benchmark share its setup (runtime version, OS, clock, timing method); empty for a query."""
+    dot: bool = False
+    """The core has an int8 dot-product instruction (SDOT/UDOT, VNNI)."""
 
 
 @dataclass
@@ -98,36 +138,66 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _row_terms(o: Obs, pr: Prior, reference: str) -> tuple[list[list[int]], list[int], list[int], list[int]]:
-    """Parameter indices of one row: per class the efficiency terms, per class eta, overhead, node cost."""
+def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
+               ) -> tuple[list[list[int]], list[list[int]], list[int], list[int]]:
+    """Parameter indices of one row: per class the efficiency terms and the eta terms, overhead, node cost.
+
+    CPU efficiency of class k at precision p on device d with runtime r (log):
+    ``eff.cpu.fp32.k`` [+ ``q.cpu.p.dot|nodot`` (ONNX Runtime) or ``q_rt.cpu.p.dot|nodot`` +
+    ``q_rt.cpu.p.k`` (the others) for p != fp32] + ``dev.d.cpu`` +
+    ``dev.d.cpu.p`` + ``dev.d.cpu.k`` + ``dev.d.cpu.p.k`` [+ ``rt.r.isa.g`` + ``rt.r.isa.p`` +
+    ``rt.r.isa.p.g`` + ``bench.b`` for r != ONNX Runtime]: every level is shrunk toward the one above it
+    (a runtime's class-group pattern is shared across precisions; int8 is tied to fp32)."""
     eff: list[list[int]] = []
-    eta: list[int] = []
+    eta: list[list[int]] = []
     d, p, path = o.device, o.precision, o.path
+    ref = o.runtime == reference
+    bench = [] if ref or not o.bench else [pr.get(f"bench.{o.bench}", 0.0, tau)]
     for k in WORK_CLASSES:
         g = _RT_GROUP[k]
         if path == "cpu":
-            terms = [
-                pr.get(f"eff.cpu.{p}.{k}", math.log(PRIOR_EFF_CPU[k]), PRIOR_SD["eff"]),
-                pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev"]),
-                pr.get(f"dev.{d}.cpu.{p}.{k}", 0.0, PRIOR_SD["devclass"]),
-            ]
-            if o.runtime != reference:
-                terms.append(pr.get(f"rt.{o.runtime}.{o.isa}.{p}.{g}", 0.0, PRIOR_SD["rt"]))
+            terms = [pr.get(f"eff.cpu.fp32.{k}", math.log(PRIOR_EFF_CPU[k]), PRIOR_SD["eff"]),
+                     pr.get(f"dev.{d}.cpu", 0.0, PRIOR_SD["dev"]),
+                     pr.get(f"dev.{d}.cpu.{k}", 0.0, PRIOR_SD["devclass"])]
+            if p != "fp32":
+                if k != "memory":
+                    dot = "dot" if o.dot else "nodot"
+                    if ref:  # ONNX Runtime's own int8 ratio (MLAS kernels)
+                        m = PRIOR_INT8_RATIO[o.dot][0] if p == "int8" else 1.0
+                        terms.append(pr.get(f"q.cpu.{p}.{dot}", math.log(m), PRIOR_SD["int8"]))
+                    else:
+                        terms.append(pr.get(f"q_rt.cpu.{p}.{dot}", math.log(PRIOR_INT8_RATIO_OTHER),
+                                            PRIOR_SD["int8_other"]))
+                if not ref:  # the other runtimes' int8 class pattern (ONNX Runtime's is its fp32 pattern)
+                    terms.append(pr.get(f"q_rt.cpu.{p}.{k}", 0.0, PRIOR_SD["int8_class"]))
+                terms += [pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev_prec"]),
+                          pr.get(f"dev.{d}.cpu.{p}.{k}", 0.0, PRIOR_SD["devclass_prec"])]
+            if not ref:
+                terms += [pr.get(f"rt.{o.runtime}.{o.isa}.{g}", 0.0, PRIOR_SD["rt"]),
+                          pr.get(f"rt.{o.runtime}.{o.isa}.{p}", 0.0, PRIOR_SD["rt_prec"]),
+                          pr.get(f"rt.{o.runtime}.{o.isa}.{p}.{g}", 0.0, PRIOR_SD["rt_prec_group"])]
             grp = _THREAD_GROUP[k]
-            eta.append(pr.get(f"eta.{d}.{grp}", _logit(PRIOR_ETA[grp]), PRIOR_SD["eta"]))
+            # every runtime, ONNX Runtime included, deviates from the device's thread scaling by its own
+            # term: ONNX Runtime has no published 1-thread rows, so it scales like the typical runtime on
+            # that device instead of sitting at the global prior
+            eta.append([pr.get(f"eta.{d}.{grp}", _logit(PRIOR_ETA[grp]), PRIOR_SD["eta"]),
+                        pr.get(f"eta_rt.{o.runtime}.{grp}", 0.0, PRIOR_SD["eta_rt"])])
         else:
+            gp = "fp16" if p == "int8" else p  # no int8 GPU rows: int8 is the fp16 efficiency at the int8 peak
             terms = [
-                pr.get(f"eff.gpu.{p}.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
+                pr.get(f"eff.gpu.{gp}.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
                 pr.get(f"dev.{d}.gpu", 0.0, PRIOR_SD["dev"]),
             ]
-            if o.runtime != reference:
+            if not ref:
                 m, s = PRIOR_RT_GPU.get(o.runtime, (0.0, PRIOR_SD["rt"]))
-                terms.append(pr.get(f"rt.{o.runtime}.gpu.{g}", m, s))
-            eta.append(-1)
-        eff.append(terms)
+                terms += [pr.get(f"rt.{o.runtime}.gpu.{g}", m, s),
+                          pr.get(f"rt.{o.runtime}.gpu.{gp}", 0.0,
+                                 PRIOR_RT_GPU_PREC_SD.get(o.runtime, PRIOR_SD["gpu_rt_prec"]))]
+            eta.append([])
+        eff.append(terms + bench)
     over = [pr.get(f"overhead.{d}.{path}", math.log(PRIOR_OVERHEAD_MS[path]), PRIOR_SD["overhead"])]
     node = [pr.get(f"node.{d}.{path}", math.log(PRIOR_NODE_US[path]), PRIOR_SD["node"])]
-    if o.runtime != reference:
+    if not ref:
         over.append(pr.get(f"overhead_rt.{o.runtime}.{path}", 0.0, PRIOR_SD["node_rt"]))
         node.append(pr.get(f"node_rt.{o.runtime}.{path}", 0.0, PRIOR_SD["node_rt"]))
     return eff, eta, over, node
@@ -149,7 +219,8 @@ class Design:
     has_eta: np.ndarray  # (n, K) bool
 
 
-def design(rows: Sequence[Obs], prior: Prior | None = None, cpu_ref: str = "ort", gpu_ref: str = "ort-trt") -> Design:
+def design(rows: Sequence[Obs], prior: Prior | None = None, cpu_ref: str = "ort", gpu_ref: str = "ort-trt",
+           tau: float = TAU_INIT) -> Design:
     """Build the design matrices of `rows` (parameters are added to `prior` as they are met)."""
     pr = prior or Prior()
     n, kk = len(rows), len(WORK_CLASSES)
@@ -161,14 +232,14 @@ def design(rows: Sequence[Obs], prior: Prior | None = None, cpu_ref: str = "ort"
     node_ij: list[tuple[int, int]] = []
     has_eta = np.zeros((n, kk), dtype=bool)
     for i, o in enumerate(rows):
-        eff, eta, over, node = _row_terms(o, pr, cpu_ref if o.path == "cpu" else gpu_ref)
+        eff, eta, over, node = _row_terms(o, pr, cpu_ref if o.path == "cpu" else gpu_ref, tau)
         for j, k in enumerate(WORK_CLASSES):
             peak = o.peaks["memory"] if k == "memory" else o.peaks[o.precision]
             logbase[i, j] = math.log(peak)
             work[i, j] = o.work.work.get(k, 0.0)
             eff_ij[j] += [(i, t) for t in eff[j]]
-            if eta[j] >= 0:
-                eta_ij[j].append((i, eta[j]))
+            if eta[j]:
+                eta_ij[j] += [(i, t) for t in eta[j]]
                 has_eta[i, j] = True
         over_ij += [(i, t) for t in over]
         node_ij += [(i, t) for t in node]
@@ -229,15 +300,16 @@ class FitResult:
     prior: Prior
     n_rows: int
     cost: float
+    tau: float = TAU_INIT
+    """Between-benchmark spread (log sd) the fit used, estimated from the rows (`estimate_tau`)."""
 
     def value(self, name: str) -> float | None:
         i = self.prior.index.get(name)
         return None if i is None else float(self.theta[i])
 
 
-def fit(rows: Sequence[Obs], sigma: float = SIGMA_OBS) -> FitResult:
-    """Fit every parameter the rows touch, regularised toward its prior (module docstring)."""
-    d = design(rows)
+def _fit_once(rows: Sequence[Obs], sigma: float, tau: float) -> FitResult:
+    d = design(rows, tau=tau)
     pr = d.prior
     mean, sd = np.array(pr.mean), np.array(pr.sd)
     y = np.log(np.array([o.latency_ms for o in rows]))
@@ -250,14 +322,59 @@ def fit(rows: Sequence[Obs], sigma: float = SIGMA_OBS) -> FitResult:
         return np.vstack([_jacobian(d, th) / sigma, np.diag(1.0 / sd)])
 
     res = least_squares(resid, mean.copy(), jac=jac, method="lm", xtol=1e-6, ftol=1e-6)
-    return FitResult(res.x, pr, len(rows), float(res.cost))
+    return FitResult(res.x, pr, len(rows), float(res.cost), tau)
 
 
-def predict(result: FitResult, rows: Sequence[Obs]) -> np.ndarray:
+def estimate_tau(result: FitResult, rows: Sequence[Obs], sigma: float = SIGMA_OBS) -> float:
+    """Between-benchmark spread from the fitted benchmark effects (moment estimate corrected for shrinkage).
+
+    A benchmark effect of a benchmark with n rows is shrunk by ``tau^2 / (tau^2 + sigma^2 / n)``; the
+    mean squared fitted effect over benchmarks with at least `BENCH_MIN_ROWS` rows, divided by the mean
+    shrinkage, estimates tau^2."""
+    counts: dict[str, int] = {}
+    for o in rows:
+        if o.bench:
+            counts[o.bench] = counts.get(o.bench, 0) + 1
+    b2, lam = [], []
+    for bench, n in counts.items():
+        v = result.value(f"bench.{bench}")
+        if v is None or n < BENCH_MIN_ROWS:
+            continue
+        b2.append(v * v)
+        lam.append(result.tau ** 2 / (result.tau ** 2 + sigma ** 2 / n))
+    if not b2:
+        return result.tau
+    return float(min(max(math.sqrt(np.mean(b2) / np.mean(lam)), 0.05), 1.0))
+
+
+def fit(rows: Sequence[Obs], sigma: float = SIGMA_OBS, tau: float | None = None, iterations: int = 2) -> FitResult:
+    """Fit every parameter the rows touch, regularised toward its prior (module docstring).
+
+    With `tau` None the between-benchmark spread is estimated from the rows (`iterations` rounds of
+    fit -> `estimate_tau` -> refit); otherwise it is fixed."""
+    if tau is not None:
+        return _fit_once(rows, sigma, tau)
+    res = _fit_once(rows, sigma, TAU_INIT)
+    for _ in range(iterations - 1):
+        t = estimate_tau(res, rows, sigma)
+        if abs(t - res.tau) < 0.01:
+            break
+        res = _fit_once(rows, sigma, t)
+    return res
+
+
+LEVELS = ("benchmark", "runtime")
+"""Prediction levels: ``benchmark`` adds the fitted effect of the row's benchmark when the fit saw it;
+``runtime`` leaves every benchmark effect at zero (what a new setup, e.g. a user's, gets)."""
+
+
+def predict(result: FitResult, rows: Sequence[Obs], level: str = "benchmark") -> np.ndarray:
     """Predicted latency (ms) of `rows` with a fitted result; unseen parameters sit at their prior."""
     pr = Prior(list(result.prior.names), list(result.prior.mean), list(result.prior.sd), dict(result.prior.index))
-    d = design(rows, pr)
+    d = design(rows, pr, tau=result.tau)
     theta = np.concatenate([result.theta, np.array(pr.mean[len(result.theta):])])
+    if level == "runtime":
+        theta = np.where([n.startswith("bench.") for n in pr.names], 0.0, theta)
     t, _ = predict_terms(d, theta)
     return t
 
@@ -274,15 +391,25 @@ class Held:
     runtime_seen: bool = True
     """False when no training row had this runtime (on this path, ISA and precision): the row then
     tests an unseen runtime, not an unseen family, and is reported apart."""
+    runtime_level_ms: float = math.nan
+    """The same prediction at the runtime level (no benchmark effect): what a new setup gets."""
 
     @property
     def log_error(self) -> float:
         return math.log(self.predicted_ms / self.obs.latency_ms)
 
 
+def runtime_view(held: Sequence[Held]) -> list[Held]:
+    """The held-out predictions at the runtime level (benchmark effects left out)."""
+    return [replace(h, predicted_ms=h.runtime_level_ms) for h in held]
+
+
 def lofo(rows: Sequence[Obs], families: Iterable[str] | None = None,
-         progress: Callable[[str], None] | None = None) -> list[Held]:
-    """Refit with each family held out and predict it (only the given families, default all)."""
+         progress: Callable[[str], None] | None = None, tau: float | None = None) -> list[Held]:
+    """Refit with each family held out and predict it (only the given families, default all).
+
+    Each held-out row is predicted at both levels (`LEVELS`): with the effect of its benchmark as
+    learned from the other families of that benchmark, and at the runtime level."""
     fams = sorted(set(families) if families is not None else {o.family for o in rows})
     out: list[Held] = []
     for i, fam in enumerate(fams):
@@ -292,10 +419,11 @@ def lofo(rows: Sequence[Obs], families: Iterable[str] | None = None,
             continue
         if progress:
             progress(f"leave-one-family-out {i + 1}/{len(fams)}: {fam} ({len(test)} rows)")
-        res = fit(train)
+        res = fit(train, tau=tau)
         seen = {runtime_key(o) for o in train}
-        out += [Held(o, float(p), runtime_key(o) in seen or o.runtime in REFERENCE_RUNTIMES)
-                for o, p in zip(test, predict(res, test), strict=True)]
+        both = zip(test, predict(res, test), predict(res, test, level="runtime"), strict=True)
+        out += [Held(o, float(p), runtime_key(o) in seen or o.runtime in REFERENCE_RUNTIMES, float(r))
+                for o, p, r in both]
     return out
 
 
