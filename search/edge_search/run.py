@@ -113,12 +113,13 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     space = load_space(opts.space)
     profile = get_profile(opts.device, opts.profiles)
     stream = progress_stream or sys.stderr
-    print(latency_line(profile), file=stream, flush=True)
     space, dropped = resolve_space(space, device_capabilities(profile))
-    for line in dropped:
-        print(f"  {line}", file=stream, flush=True)
     task = create_task(space.task.name, space.task.options)
     check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
+    # Only once the input is known good: bad input gets one line on stderr, nothing else.
+    print(latency_line(profile), file=stream, flush=True)
+    for line in dropped:
+        print(f"  {line}", file=stream, flush=True)
     heartbeat = HeartbeatSettings(opts.heartbeat_interval, opts.grace_period)
     storage = make_storage(opts.storage, heartbeat)
     tracker = Tracker(opts.tracking_uri, idle_transaction_timeout_s=opts.grace_period)
