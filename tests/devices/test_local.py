@@ -254,7 +254,18 @@ def test_parse_profile_trace_skips_warmup() -> None:
         trace.append({"cat": "Node", "name": "conv_fence_before", "ts": ts + 1, "dur": 0, "args": {}})
     nodes = parse_profile_trace(trace, runs=3)
     assert nodes == [{"name": "conv", "op_type": "Conv", "provider": "CPUExecutionProvider",
-                      "mean_us": 100.0, "count": 3}]
+                      "mean_us": 100.0, "min_us": 100.0, "count": 3}]
+
+
+def test_parse_profile_trace_reports_the_fastest_execution() -> None:
+    trace = []
+    for r, dur in enumerate((100, 400, 110)):  # the second run was preempted
+        trace.append({"cat": "Session", "name": "model_run", "ts": r * 1000, "dur": 900})
+        trace.append({"cat": "Node", "name": "conv_kernel_time", "ts": r * 1000 + 1, "dur": dur,
+                      "args": {"op_name": "Conv"}})
+    (node,) = parse_profile_trace(trace, runs=3)
+    assert node["mean_us"] == pytest.approx(610 / 3)
+    assert node["min_us"] == 100.0
 
 
 def test_steal_and_contention_from_cpu_times() -> None:

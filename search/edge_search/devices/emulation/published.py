@@ -122,6 +122,7 @@ _MODELS: tuple[tuple[str, str], ...] = (
     ("convnext", "convnext_base@224"),
     ("clip vit-b/32", "vit_b_32@224"),
     ("ssd mobilenetv1 (coco)", "mobilenet_v1_ssd@300"),
+    ("efficientdet-d0", "efficientdet_d0@512"),
     ("efficientdet-lite0", "efficientdet_lite0@320"),
     ("efficientdet-lite1", "efficientdet_lite1@384"),
     ("efficientdet-lite2", "efficientdet_lite2@448"),
@@ -135,7 +136,7 @@ _MODELS: tuple[tuple[str, str], ...] = (
     ("densenet121", "densenet121@224"),
     ("vgg16", "vgg16@224"),
 )
-"""Published model name prefix (lower case) -> suite key (`reference_suite.SUITE`)."""
+"""Published model name prefix (lower case) -> suite key (`reference_suite.SUITE`; first match wins)."""
 
 
 def suite_key(name: str, input_text: str = "") -> str | None:
