@@ -7,6 +7,7 @@ are checked by name, never exported.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def test_shim_uses_a_plain_import_when_it_works(monkeypatch: pytest.MonkeyPatch)
         assert torch.library.register_fake is original  # untouched on the plain path
         return fake
 
-    monkeypatch.setattr(rs.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     assert rs.import_torchvision() is fake
     assert calls == ["torchvision"]
 
@@ -72,7 +73,7 @@ def test_shim_falls_back_only_on_a_missing_operator(monkeypatch: pytest.MonkeyPa
         assert register("torchvision::roi_align")(kernel) is sentinel  # others register normally
         return fake
 
-    monkeypatch.setattr(rs.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     assert rs.import_torchvision() is fake
     assert len(attempts) == 2 and attempts[0] is original and attempts[1] is not original
     assert torch.library.register_fake is original  # restored
@@ -82,7 +83,7 @@ def test_shim_does_not_hide_other_errors(monkeypatch: pytest.MonkeyPatch) -> Non
     def import_module(name: str) -> Any:
         raise RuntimeError("something else entirely")
 
-    monkeypatch.setattr(rs.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     with pytest.raises(RuntimeError, match="something else"):
         rs.import_torchvision()
 
