@@ -114,7 +114,7 @@ _MODELS: tuple[tuple[str, str], ...] = (
     ("densenet-169", "densenet169@224"),
     ("densenet-201", "densenet201@224"),
     ("nanodet-m", "nanodet_m@320"),
-    ("vit (ncnn vision_transformer)", "vit_b_16@384"),
+    ("vit (ncnn vision_transformer)", "vit_b_32@384"),  # benchmark/vision_transformer.param: 32x32 patches, 145 tokens
     ("fastestdet", "fastestdet@352"),
     ("ese-vovnet19b-dw", "ese_vovnet19b_dw@224"),
     ("mixnet-s", "mixnet_s@224"),

@@ -212,6 +212,7 @@ SUITE: dict[str, SuiteModel] = {m.name: m for m in (
     _px("blazeface@128", "blazeface", "blazeface", 128, "proxy: BlazeFace (paper)"),
     _tv("vit_b_16@384", "vit", "vit_b_16", 384, image_size=384),
     _tv("vit_b_32@224", "vit", "vit_b_32", 224),
+    _tv("vit_b_32@384", "vit", "vit_b_32", 384, image_size=384),  # ncnn benchmark vision_transformer: 145 tokens
     _px("deit_tiny@224", "vit", "deit_tiny", 224, "torchvision VisionTransformer, DeiT-Tiny setting"),
     _tv("convnext_base@224", "convnext", "convnext_base", 224),
 )}
