@@ -258,3 +258,43 @@ def test_median_breakdown_over_processes() -> None:
     by = {c.op_class: c for c in med.classes}
     assert by["conv_kxk"].host_ms == 11.0 and by["depthwise"].host_ms == 2.0
     assert by["conv_kxk"].work == 1.0 and med.peak_memory_mb == 10.0
+
+
+class FakeHostDevice:
+    """Test fake of a `LocalDevice`: each call is one 'process'; the second process is preempted."""
+
+    def __init__(self, names: list[tuple[str, str]]) -> None:
+        self.names = names
+        self.profiles = 0
+        self.measures = 0
+
+    def profile_nodes(self, req: Any, runs: int) -> list[NodeTiming]:
+        self.profiles += 1
+        slow = 3.0 if self.profiles == 2 else 1.0
+        return [NodeTiming(name=n, op_type=op, mean_us=200.0 * slow, count=runs, min_us=100.0 * slow)
+                for n, op in self.names]
+
+    def measure(self, req: Any) -> Any:
+        from edge_search.devices.stats import LatencyStats
+
+        self.measures += 1
+        samples = {1: (5.0, 9.0, 12.0), 2: (15.0, 20.0, 30.0), 3: (5.5, 7.0, 6.0)}[self.measures]
+        return LatencyStats.from_samples(samples, device="fake")
+
+
+def test_measure_suite_keeps_the_median_process_of_fastest_runs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+
+    from edge_search.devices.emulation import calibration
+    from tests.devices.tiny_conv import tiny_conv
+
+    path = tiny_conv(tmp_path / "m.onnx")
+    names = [(n.name, n.op_type) for n in onnx.load(str(path)).graph.node]
+    monkeypatch.setattr(calibration, "export", lambda m, cache_dir, p: path)
+    fake = FakeHostDevice(names)
+    (rec,) = calibration.measure_suite(fake, [rs.SUITE["squeezenet1_1@224"]],  # type: ignore[arg-type]
+                                       ("fp32",), (1,), runs=4, repeats=3, cache_dir=tmp_path)
+    assert fake.profiles == 3 and fake.measures == 3  # one profile and one measurement per process
+    assert rec.e2e_ms == {1: 5.5}  # fastest run of each process (5, 15, 5.5), median over processes
+    assert rec.breakdown.host_ms == pytest.approx(len(names) * 0.1)  # the preempted process is outvoted
