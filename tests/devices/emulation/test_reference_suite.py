@@ -293,8 +293,9 @@ def test_measure_suite_keeps_the_median_process_of_fastest_runs(tmp_path: Path,
     names = [(n.name, n.op_type) for n in onnx.load(str(path)).graph.node]
     monkeypatch.setattr(calibration, "export", lambda m, cache_dir, p: path)
     fake = FakeHostDevice(names)
-    (rec,) = calibration.measure_suite(fake, [rs.SUITE["squeezenet1_1@224"]],  # type: ignore[arg-type]
-                                       ("fp32",), (1,), runs=4, repeats=3, cache_dir=tmp_path)
+    device: Any = fake  # duck-typed stand-in for a LocalDevice
+    (rec,) = calibration.measure_suite(device, [rs.SUITE["squeezenet1_1@224"]], ("fp32",), (1,), runs=4, repeats=3,
+                                       cache_dir=tmp_path)
     assert fake.profiles == 3 and fake.measures == 3  # one profile and one measurement per process
     assert rec.e2e_ms == {1: 5.5}  # fastest run of each process (5, 15, 5.5), median over processes
     assert rec.breakdown.host_ms == pytest.approx(len(names) * 0.1)  # the preempted process is outvoted
