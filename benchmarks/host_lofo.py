@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,29 @@ def measure(cache: Path, repeats: int) -> list[SuiteRecord]:
 
     return measure_suite(host, list(HOST_SUITE), ("fp32", "int8"), (1, 2), runs=10, repeats=repeats,
                          max_time_s=1.5, cache_dir=cache, progress=progress)
+
+
+def remeasure_single_thread(records: list[SuiteRecord], cache: Path, repeats: int) -> list[SuiteRecord]:
+    """The records with their 1-thread end-to-end latency measured again (profiles kept): `repeats`
+    interleaved rounds of one fresh worker process per model, median over processes of
+    `calibration._undisturbed_ms` (what `measure_suite` keeps)."""
+    from edge_search.devices.base import MeasureRequest, SessionKnobs
+    from edge_search.devices.emulation.calibration import _undisturbed_ms
+    from edge_search.devices.emulation.reference_suite import export, suite_model
+    from edge_search.devices.local import LocalDevice
+    from edge_search.devices.profile import get_profile
+
+    host = LocalDevice(get_profile("host"))
+    got: dict[tuple[str, str], list[float]] = {}
+    t0 = time.time()
+    for rnd in range(repeats):
+        for r in records:
+            print(f"[{time.time() - t0:6.0f} s] round {rnd + 1}/{repeats}: {r.name} {r.precision} 1 thread",
+                  file=sys.stderr, flush=True)
+            req = MeasureRequest(model_path=export(suite_model(r.name), cache, r.precision),
+                                 session=SessionKnobs(intra_op_threads=1), max_time_s=1.5, min_samples=10)
+            got.setdefault((r.name, r.precision), []).append(_undisturbed_ms(host.measure(req), 1))
+    return [replace(r, e2e_ms={**r.e2e_ms, 1: float(np.median(got[(r.name, r.precision)]))}) for r in records]
 
 
 def lofo(records: list[SuiteRecord]) -> list[dict[str, Any]]:
@@ -111,11 +135,16 @@ def figures(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measure", action="store_true", help="measure the host suite now (minutes) instead of reading")
+    ap.add_argument("--remeasure-single-thread", action="store_true",
+                    help="measure the saved records' 1-thread end-to-end latency again (profiles kept)")
     ap.add_argument("--records", type=Path, default=RECORDS, help="saved records (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="reference-suite export folder")
     ap.add_argument("--repeats", type=int, default=3, help="worker processes per model (default: %(default)s)")
     args = ap.parse_args(argv)
-    if args.measure:
+    if args.remeasure_single_thread:
+        records = remeasure_single_thread(load_records(args.records), args.cache, args.repeats)
+        save_records(records, args.records)
+    elif args.measure:
         records = measure(args.cache, args.repeats)
         args.records.parent.mkdir(parents=True, exist_ok=True)
         save_records(records, args.records)

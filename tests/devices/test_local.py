@@ -61,6 +61,8 @@ def test_measure_static_model(tmp_path: Path, make_gemm_chain: Callable[..., Pat
     assert before <= s.started_at <= s.extra["measure_started_at"] < s.extra["measure_ended_at"] <= s.ended_at
     assert s.ended_at <= after and s.lease_wait_s >= 0
     assert s.extra["input_shapes"] == {"x": [16, 512]}
+    # the process's CPU time per run: never much above the wall time of a run at one thread
+    assert 0 < s.extra["cpu_ms_per_run"] <= 1.5 * s.mean_ms + 1.0
     if s.stop_reason == "precision":
         assert s.ci_halfwidth_rel <= 0.05
     assert LatencyStats.from_json(s.to_json()) == s

@@ -299,3 +299,16 @@ def test_measure_suite_keeps_the_median_process_of_fastest_runs(tmp_path: Path,
     assert fake.profiles == 3 and fake.measures == 3  # one profile and one measurement per process
     assert rec.e2e_ms == {1: 5.5}  # fastest run of each process (5, 15, 5.5), median over processes
     assert rec.breakdown.host_ms == pytest.approx(len(names) * 0.1)  # the preempted process is outvoted
+
+
+def test_undisturbed_latency_is_bounded_by_cpu_time_at_one_thread() -> None:
+    from edge_search.devices.emulation.calibration import _undisturbed_ms
+    from edge_search.devices.stats import LatencyStats
+
+    every_run_preempted = LatencyStats.from_samples((10.0, 12.0, 30.0), device="x")
+    with_cpu = every_run_preempted.model_copy(update={"extra": {"cpu_ms_per_run": 7.0}})
+    assert _undisturbed_ms(every_run_preempted, 1) == 10.0  # no CPU time reported: the fastest run
+    assert _undisturbed_ms(with_cpu, 1) == 7.0
+    assert _undisturbed_ms(with_cpu, 2) == 10.0  # two threads' CPU time is not a latency
+    quiet = LatencyStats.from_samples((5.0, 5.1, 5.2), device="x").model_copy(update={"extra": {"cpu_ms_per_run": 5.3}})
+    assert _undisturbed_ms(quiet, 1) == 5.0

@@ -237,6 +237,7 @@ def measure(wr: WorkerRequest) -> LatencyStats:
             "measure_ended_at": wall1,
             "precision_target": req.precision_target,
             "involuntary_ctx_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
+            "cpu_ms_per_run": own_s * 1e3 / max(len(samples_ns), 1),  # this process's CPU time (all threads)
             "others_cpu_pct": others,
             "loadavg_1m": os.getloadavg()[0],
             "peak_memory_method": mem.method,
