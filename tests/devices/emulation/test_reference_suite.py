@@ -312,3 +312,23 @@ def test_undisturbed_latency_is_bounded_by_cpu_time_at_one_thread() -> None:
     assert _undisturbed_ms(with_cpu, 2) == 10.0  # two threads' CPU time is not a latency
     quiet = LatencyStats.from_samples((5.0, 5.1, 5.2), device="x").model_copy(update={"extra": {"cpu_ms_per_run": 5.3}})
     assert _undisturbed_ms(quiet, 1) == 5.0
+
+
+def test_fit_host_recovers_the_profile_scale_and_predicts_a_held_out_model() -> None:
+    """End to end = overhead + scale x (profiled sum - profiler cost x nodes): recovered from records of
+    other models and applied by the carry to one that was not fitted."""
+    from edge_search.devices.emulation.calibration import SuiteRecord, fit_host, host_predict
+
+    def rec(name: str, conv_ms: float, dw_ms: float, nodes: int) -> SuiteRecord:
+        bd = HostBreakdown((ClassTime("fp32", "conv_kxk", conv_ms, conv_ms * 5e7, nodes // 2),
+                            ClassTime("fp32", "depthwise", dw_ms, dw_ms * 1e7, nodes - nodes // 2)))
+        e2e = 0.3 + 1.15 * (bd.host_ms - nodes * 4.0 / 1000.0)
+        return SuiteRecord(name, name, "fp32", bd, {1: bd}, {1: e2e})
+
+    train = [rec("a", 10.0, 2.0, 60), rec("b", 40.0, 1.0, 300), rec("c", 3.0, 3.0, 40), rec("d", 90.0, 9.0, 900)]
+    cal = fit_host(train, "test host")
+    assert cal.params["profile_scale"].value == pytest.approx(1.15, rel=1e-3)
+    assert cal.params["profile_overhead_us"].value == pytest.approx(4.0, rel=1e-2)
+    assert cal.params["overhead_ms"].value == pytest.approx(0.3, abs=1e-3)
+    held = rec("e", 25.0, 5.0, 200)
+    assert host_predict(held, cal, 1) == pytest.approx(held.e2e_ms[1], rel=1e-3)

@@ -100,12 +100,13 @@ class Carried:
 
 
 def net_host_ms(ct: ClassTime, host: DeviceProfile | Any) -> float:
-    """A class's profiled host time less the profiler's own per-node cost (never below 30 %)."""
+    """A class's share of an end-to-end host run: its profiled time less the profiler's own per-node cost
+    (never below 30 %), times the calibration's ``profile_scale`` (end to end over profiled, default 1)."""
     cal = host.calibration if isinstance(host, DeviceProfile) else host
     per_node = cal.params.get("profile_overhead_us")
-    if per_node is None:
-        return ct.host_ms
-    return max(ct.host_ms - ct.nodes * per_node.value / 1000.0, 0.3 * ct.host_ms)
+    scale = cal.params.get("profile_scale")
+    ms = ct.host_ms if per_node is None else max(ct.host_ms - ct.nodes * per_node.value / 1000.0, 0.3 * ct.host_ms)
+    return ms * (scale.value if scale is not None else 1.0)
 
 
 def _host_rate(host: DeviceProfile, ct: ClassTime) -> float | None:
