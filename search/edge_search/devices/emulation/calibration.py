@@ -11,7 +11,7 @@ From the models of the families being fitted:
   latency (per-class n-thread profiles were too noisy on a shared 2-core machine to use);
 - ``overhead_ms``, ``profile_scale`` and ``profile_overhead_us`` from a bounded least-squares fit
   (relative error) of end-to-end 1-thread latency = overhead + scale × (profiled node sum − per-node
-  profiler cost × nodes); the scale (fitted ~1.14 here) is there because each node counts with its
+  profiler cost × nodes); the scale (fitted ~1.12 here) is there because each node counts with its
   fastest execution and the sum of per-node fastest executions is below any whole run (before it,
   21 % of held-out host families' figures missed ±20 %; with it 8 %: `benchmarks/host_lofo.py`);
 - ``error_band`` = the 90th percentile of |relative error| of the fitted model on its own data.
