@@ -72,6 +72,8 @@ def test_measure_static_model(tmp_path: Path, make_gemm_chain: Callable[..., Pat
     assert before <= s.started_at <= s.extra["measure_started_at"] < s.extra["measure_ended_at"] <= s.ended_at
     assert s.ended_at <= after and s.lease_wait_s >= 0
     assert s.extra["input_shapes"] == {"x": [16, 512]}
+    # the process's CPU time per run: never much above the wall time of a run at one thread
+    assert 0 < s.extra["cpu_ms_per_run"] <= 1.5 * s.mean_ms + 1.0
     if s.stop_reason == "precision":  # each process reached the precision target on its own samples
         assert all((p["ci_high_ms"] - p["ci_low_ms"]) / 2 <= 0.05 * p["median_ms"] for p in used)
     assert LatencyStats.from_json(s.to_json()) == s
@@ -309,7 +311,18 @@ def test_parse_profile_trace_skips_warmup() -> None:
         trace.append({"cat": "Node", "name": "conv_fence_before", "ts": ts + 1, "dur": 0, "args": {}})
     nodes = parse_profile_trace(trace, runs=3)
     assert nodes == [{"name": "conv", "op_type": "Conv", "provider": "CPUExecutionProvider",
-                      "mean_us": 100.0, "count": 3}]
+                      "mean_us": 100.0, "min_us": 100.0, "count": 3}]
+
+
+def test_parse_profile_trace_reports_the_fastest_execution() -> None:
+    trace = []
+    for r, dur in enumerate((100, 400, 110)):  # the second run was preempted
+        trace.append({"cat": "Session", "name": "model_run", "ts": r * 1000, "dur": 900})
+        trace.append({"cat": "Node", "name": "conv_kernel_time", "ts": r * 1000 + 1, "dur": dur,
+                      "args": {"op_name": "Conv"}})
+    (node,) = parse_profile_trace(trace, runs=3)
+    assert node["mean_us"] == pytest.approx(610 / 3)
+    assert node["min_us"] == 100.0
 
 
 def test_steal_and_contention_from_cpu_times() -> None:

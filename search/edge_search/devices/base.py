@@ -63,6 +63,9 @@ class NodeTiming:
     """Executions recorded (normally the number of profiled runs)."""
     provider: str = ""
     """Execution provider that ran the node, e.g. ``CPUExecutionProvider``."""
+    min_us: float | None = None
+    """Fastest execution of the node over the profiled runs (None when the profiler did not report it).
+    On a shared machine preemption only ever adds to a kernel's wall time, so this is the robust one."""
 
 
 class Device(abc.ABC):

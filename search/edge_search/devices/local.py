@@ -314,7 +314,8 @@ class LocalDevice(Device):
             result = self._run_worker(payload, self._timeout(request, extra_s=60.0), Path(request.model_path),
                                       handle)
         return [NodeTiming(name=n["name"], op_type=n["op_type"], mean_us=float(n["mean_us"]),
-                           count=int(n["count"]), provider=n.get("provider", "")) for n in result["nodes"]]
+                           count=int(n["count"]), provider=n.get("provider", ""),
+                           min_us=float(n["min_us"]) if "min_us" in n else None) for n in result["nodes"]]
 
 
 def _threads(request: MeasureRequest) -> int:

@@ -107,7 +107,7 @@ OP_CLASSES = ("conv_kxk", "depthwise", "pointwise", "gemm", "elementwise", "othe
 CLASS_GROUPS = ("compute", "memory")
 _PREC = "fp32|fp16|int8"
 _CLS = "|".join(OP_CLASSES + CLASS_GROUPS)
-PARAM_KEY = re.compile(rf"^(gpu\.)?(overhead_ms|profile_overhead_us|rate\.({_PREC})\.({_CLS}))$")
+PARAM_KEY = re.compile(rf"^(gpu\.)?(overhead_ms|profile_overhead_us|profile_scale|rate\.({_PREC})\.({_CLS}))$")
 SCALING_KEY = re.compile(rf"^(gpu\.)?(({_PREC})(\.({_CLS}))?|{_CLS})$")
 
 
@@ -138,6 +138,9 @@ class Calibration(StrictModel):
     - ``overhead_ms``: fixed per-inference cost (session run, input copy, scheduling);
     - ``profile_overhead_us`` (host profiles): what ORT's profiler adds to each profiled node, taken
       off every node's host time before it is carried;
+    - ``profile_scale`` (host profiles): end-to-end time over the profiled node times (less the
+      profiler's cost): each node's profiled time is its fastest execution over the profiled runs, and
+      the sum of per-node fastest executions is below any whole run; absent = 1;
     - ``rate.<precision>.<class or group>``: effective single-thread throughput of an op class,
       GFLOP/s for compute-bound classes (conv_kxk, pointwise, gemm; group ``compute``) and GB/s for
       memory-bound ones (depthwise, elementwise, other; group ``memory``);
@@ -173,8 +176,8 @@ class Calibration(StrictModel):
         for key in self.params:
             if not PARAM_KEY.match(key):
                 raise ValueError(
-                    f"unknown calibration parameter '{key}' (expected overhead_ms, profile_overhead_us or "
-                    f"rate.<fp32|fp16|int8>.<{'|'.join(OP_CLASSES + CLASS_GROUPS)}>)"
+                    f"unknown calibration parameter '{key}' (expected overhead_ms, profile_overhead_us, "
+                    f"profile_scale or rate.<fp32|fp16|int8>.<{'|'.join(OP_CLASSES + CLASS_GROUPS)}>)"
                 )
         for key in self.thread_scaling_by:
             if not SCALING_KEY.match(key):

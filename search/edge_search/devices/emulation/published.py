@@ -122,6 +122,7 @@ _MODELS: tuple[tuple[str, str], ...] = (
     ("convnext", "convnext_base@224"),
     ("clip vit-b/32", "vit_b_32@224"),
     ("ssd mobilenetv1 (coco)", "mobilenet_v1_ssd@300"),
+    ("efficientdet-d0", "efficientdet_d0@512"),
     ("efficientdet-lite0", "efficientdet_lite0@320"),
     ("efficientdet-lite1", "efficientdet_lite1@384"),
     ("efficientdet-lite2", "efficientdet_lite2@448"),
@@ -135,7 +136,39 @@ _MODELS: tuple[tuple[str, str], ...] = (
     ("densenet121", "densenet121@224"),
     ("vgg16", "vgg16@224"),
 )
-"""Published model name prefix (lower case) -> suite key (`reference_suite.SUITE`)."""
+"""Published model name prefix (lower case) -> suite key (`reference_suite.SUITE`; first match wins)."""
+
+_ZOO = "an OpenCV-zoo task model timed with its pre/post-processing (resize, decoding, NMS or alignment)"
+NOT_IN_SUITE: tuple[tuple[str, str], ...] = (
+    ("crnn text recog", _ZOO),
+    ("lpd-yunet", _ZOO),
+    ("yunet", _ZOO),
+    ("mediapipe", _ZOO),
+    ("mobilefacenet", _ZOO),
+    ("sface", _ZOO),
+    ("pp-humanseg", _ZOO),
+    ("pp-ocrv3", _ZOO),
+    ("nanodet-plus", _ZOO + " at 416x416 (NanoDet-Plus, not the NanoDet-m of the suite)"),
+    ("vittrack", _ZOO + " (a tracker: template + search branches)"),
+    ("wechatqrcode", _ZOO + " (detector + super-resolution pipeline)"),
+    ("youtureid", _ZOO),
+    ("bert", "a language model (token sequences): the suite holds vision networks"),
+    ("all-minilm", "a sentence-embedding language model: the suite holds vision networks"),
+    ("all-mpnet", "a sentence-embedding language model: the suite holds vision networks"),
+    ("u-net", "a segmentation network whose variant (depth, widths) the source does not state"),
+    ("deeplabv3", "a segmentation network whose backbone and output stride the source does not state"),
+    ("ultraface", "a face-detection pipeline (RFB-320 with its anchor decoding)"),
+    ("nas-bench-201", "a CIFAR-10 NAS-Bench-201 cell network (32x32): no ImageNet-scale suite architecture"),
+    ("ssdlite mobilenetv2 (frigate", "SSDLite MobileNetV2 at 300x300 (the suite's SSDLite is the 320 variant)"),
+)
+"""Published model name prefixes (lower case) that map to no suite architecture, each with the reason:
+the rows are excluded with it (`read_v2`); everything else maps to a `reference_suite.SUITE` model."""
+
+
+def not_in_suite(name: str) -> str | None:
+    """Why a published model has no suite architecture, or None when it is not a named exception."""
+    n = name.lower()
+    return next((why for prefix, why in NOT_IN_SUITE if n.startswith(prefix)), None)
 
 
 def suite_key(name: str, input_text: str = "") -> str | None:
@@ -248,7 +281,8 @@ def read_v2(path: Path | None = None) -> list[PublishedRow]:
             (gpu and "int8 layers likely run on CPU" in note,
              "ncnn Vulkan int8 falls back to the CPU: not a GPU figure"),
             (prec == "?", "precision not stated"),
-            (model is None, f"no suite architecture for '{d['model']}' (input {d['input']})"),
+            (model is None, f"no suite architecture for '{d['model']}' (input {d['input']}): "
+                            f"{not_in_suite(d['model']) or 'not a named exception'}"),
             (rt.startswith("other:"), "runtime not stated"),
             (dev == "intel-n100" and gpu, "Intel iGPU: the intel-n100 profile has no GPU provider"),
             (dev == "raspberry-pi-5" and gpu, "Pi 5 VideoCore GPU: no ONNX Runtime provider in the profile"),
@@ -307,9 +341,11 @@ __all__ = [
     "ALL_CORES",
     "CPU_REFERENCE_RUNTIME",
     "GPU_REFERENCE_RUNTIME",
+    "NOT_IN_SUITE",
     "PROVIDER_RUNTIME",
     "PublishedRow",
     "exclusion_summary",
+    "not_in_suite",
     "read_all",
     "read_v1",
     "read_v2",

@@ -1,97 +1,247 @@
-"""The reference model suite: small torch versions of common edge architectures, exported to ONNX.
+"""The reference suite: real architectures from torchvision, proxies only where torchvision has none.
 
-Used to calibrate the host profile (`edge-search calibrate --device host`) and, at the
-resolutions of published benchmarks, as proxies for the models in the published CSV. Weights
-are random (latency does not depend on them); int8 variants come from ONNX Runtime's static QDQ
-quantisation with random calibration data (dynamic quantisation for the transformer).
+Every published latency row (`published.suite_key`) and every host calibration run maps to a
+`SuiteModel` of `SUITE`: an architecture at the resolution it was timed at, in a **family** (the
+unit of hold-out in validation). Most are ``torchvision.models`` builders (AlexNet, VGG, ResNet,
+SqueezeNet, DenseNet, GoogLeNet, Inception v3, MobileNetV2/V3, ShuffleNetV2, MnasNet, EfficientNet,
+RegNet, ViT, ConvNeXt); the ones torchvision lacks are written in `suite_archs` from their papers
+or timm configurations (MobileNetV1, ShuffleNetV1, RepVGG, VoVNet, MixNet, ProxylessNAS,
+MnasNet-A1, EfficientNet-Lite, BlazeFace) or assembled from torchvision parts (EfficientNetV2-B0,
+DeiT-Tiny, MobileNetV3 minimalistic), plus detector proxies (EfficientDet-Lite/D0, SSD heads,
+NanoDet, FastestDet: backbone and head structure, no anchors/NMS). Each entry's ``source`` says
+which.
 
-Families (the unit of hold-out in the validation): resnet (18, 34, 50), mobilenetv2, mobilenetv3
-(small-like), shufflenetv2 (like), squeezenet (1.0, 1.1), efficientnet (Lite0-like), transformer
-(a small encoder), vgg (16), densenet (121), and the detector proxies (efficientdet-lite0..4-like:
-an EfficientNet-Lite backbone plus a BiFPN-like separable-conv head; ssd-mobilenet-v2-like).
-They are structurally similar, not identical, to the originals (no exact BiFPN weighting, no
-anchors/NMS); `proxy_for` documents the mapping from published names.
+Nothing heavy happens at import: torch/torchvision are imported when a model is built, and
+`export` writes ONNX files (fp32, and int8 by ONNX Runtime's static QDQ quantisation) into a cache
+folder on first use. Weights are random: latency does not depend on them, and torchvision's
+pretrained weights cannot be downloaded here anyway.
+
+`write_work_table` regenerates ``device_profiles/suite_work.json`` (work per op class of every
+suite model, fp32 and int8) from the exports; it is what the physics fit (`boards.work_table`)
+reads. Exporting the whole suite takes a long time and about 7 GB (VGG and ViT-B are 0.35-0.55 GB
+each): point ``cache_dir`` at an existing export folder to reuse it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from edge_search.errors import MissingDependency
+from edge_search.errors import InputError, MissingDependency
 
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-search" / "reference-suite"
+PRECISIONS = ("fp32", "int8")
+WORK_TABLE_VERSION = 2
+
+
+def import_torchvision() -> ModuleType:
+    """Import torchvision, tolerating compiled operators that do not match the installed torch.
+
+    torchvision 0.28.0 (the release built for torch 2.13.0) is published on PyPI as a CUDA build; beside
+    the CPU build of torch its C++ extension does not register its operators, and ``import torchvision``
+    fails with ``RuntimeError: operator torchvision::nms does not exist`` while registering the
+    operators' fake (meta) kernels. The suite needs only torchvision's pure-Python model definitions
+    (no nms/roi_align), so: try a plain import first (a matching build imports normally); only on that
+    error, drop the half-imported modules and import again with ``torch.library.register_fake`` made
+    tolerant of a missing operator (the registration is skipped, the function is returned unchanged),
+    then restore ``register_fake``. torchvision's detection ops stay unusable in that case; nothing
+    here calls them.
+    """
+    try:
+        return importlib.import_module("torchvision")
+    except ImportError:
+        raise MissingDependency("torchvision", "torch") from None
+    except RuntimeError as err:
+        if "does not exist" not in str(err):
+            raise
+    return _import_tolerant()
+
+
+def _import_tolerant() -> ModuleType:
+    import torch
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    original = torch.library.register_fake
+
+    def tolerant(*args: Any, **kwargs: Any) -> Any:
+        try:
+            deco = original(*args, **kwargs)
+        except RuntimeError:
+            return lambda fn: fn
+
+        def wrap(fn: Any) -> Any:
+            try:
+                return deco(fn)
+            except RuntimeError:
+                return fn
+
+        return wrap
+
+    torch.library.register_fake = tolerant
+    try:
+        return importlib.import_module("torchvision")
+    finally:
+        torch.library.register_fake = original
 
 
 @dataclass(frozen=True)
 class SuiteModel:
-    """One reference model: its name, family, input shape and builder arguments."""
+    """One suite architecture at one input resolution.
+
+    ``name`` is the suite key (``<arch>@<resolution>``), ``builder`` either ``torchvision:<fn>`` (a
+    ``torchvision.models`` function, called with ``kwargs``) or ``proxy:<fn>`` (`suite_archs.BUILDERS`),
+    ``source`` what it is and where its definition comes from.
+    """
 
     name: str
     family: str
-    arch: str
-    resolution: int
+    builder: str
+    hw: tuple[int, int]
+    source: str
     kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self.arch == "transformer":
-            return (1, self.resolution, 128)
-        return (1, 3, self.resolution, self.resolution)
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """NCHW input shape (batch 1)."""
+        return (1, 3, *self.hw)
+
+    @property
+    def from_torchvision(self) -> bool:
+        """True when the architecture is a ``torchvision.models`` builder (not a proxy)."""
+        return self.builder.startswith("torchvision:")
+
+    @property
+    def cache_key(self) -> str:
+        """Hash of the definition: exports are reused only for the same key and source."""
+        return hashlib.sha1(f"{self.name}|{self.source}|v1".encode()).hexdigest()[:8]
+
+    def build(self) -> Any:
+        """The torch module (random weights, eval mode)."""
+        kind, fn = self.builder.split(":", 1)
+        kw = dict(self.kwargs)
+        if kind == "torchvision":
+            net = getattr(import_torchvision().models, fn)(**kw)
+        else:
+            from edge_search.devices.emulation.suite_archs import BUILDERS
+
+            net = BUILDERS[fn](**kw)
+        return net.eval()
 
 
-#: The host calibration suite (modest resolutions: the whole suite measures in a few minutes).
-HOST_SUITE: tuple[SuiteModel, ...] = (
-    SuiteModel("resnet18", "resnet", "resnet", 128, (("layers", (2, 2, 2, 2)),)),
-    SuiteModel("resnet34", "resnet", "resnet", 128, (("layers", (3, 4, 6, 3)),)),
-    SuiteModel("resnet50", "resnet", "resnet", 112, (("layers", (3, 4, 6, 3)), ("bottleneck", True))),
-    SuiteModel("mobilenetv2", "mobilenetv2", "mobilenetv2", 160),
-    SuiteModel("mobilenetv3-small", "mobilenetv3", "mobilenetv3", 160),
-    SuiteModel("shufflenetv2", "shufflenetv2", "shufflenetv2", 160),
-    SuiteModel("squeezenet1_0", "squeezenet", "squeezenet", 160, (("version", "1_0"),)),
-    SuiteModel("squeezenet1_1", "squeezenet", "squeezenet", 160, (("version", "1_1"),)),
-    SuiteModel("efficientnet-lite0", "efficientnet", "efficientnet", 160),
-    SuiteModel("transformer-encoder", "transformer", "transformer", 64),
-)
-
-#: Proxies for the models of the published CSV (name in the CSV -> suite model).
-PUBLISHED_PROXIES: dict[str, SuiteModel] = {
-    **{
-        f"efficientdet-lite{k}": SuiteModel(
-            f"efficientdet-lite{k}",
-            "efficientdet",
-            "efficientdet",
-            res,
-            (("width", w), ("depth", d), ("head", h), ("head_layers", n)),
-        )
-        for k, res, w, d, h, n in (
-            ("0", 320, 1.0, 1.0, 64, 3),
-            ("1", 384, 1.0, 1.1, 88, 4),
-            ("2", 448, 1.1, 1.2, 112, 5),
-            ("3", 512, 1.2, 1.4, 160, 6),
-            ("3x", 640, 1.2, 1.4, 200, 6),
-            ("4", 640, 1.4, 1.8, 224, 7),
-        )
-    },
-    "resnet18": SuiteModel("resnet18-224", "resnet", "resnet", 224, (("layers", (2, 2, 2, 2)),)),
-    "resnet34": SuiteModel("resnet34-224", "resnet", "resnet", 224, (("layers", (3, 4, 6, 3)),)),
-    "resnet50": SuiteModel(
-        "resnet50-224", "resnet", "resnet", 224, (("layers", (3, 4, 6, 3)), ("bottleneck", True))
-    ),
-    "squeezenet1_0": SuiteModel("squeezenet1_0-224", "squeezenet", "squeezenet", 224, (("version", "1_0"),)),
-    "squeezenet1_1": SuiteModel("squeezenet1_1-224", "squeezenet", "squeezenet", 224, (("version", "1_1"),)),
-    "densenet121": SuiteModel("densenet121-224", "densenet", "densenet", 224),
-    "vgg16": SuiteModel("vgg16-224", "vgg", "vgg", 224),
-    "ssd-mobilenet-v2-320": SuiteModel("ssd-mobilenet-v2-320", "mobilenetv2", "ssd_mobilenetv2", 320),
-}
+def _tv(name: str, family: str, fn: str, hw: int, source: str = "torchvision", **kw: Any) -> SuiteModel:
+    return SuiteModel(name, family, f"torchvision:{fn}", (hw, hw), source, tuple(kw.items()))
 
 
-def proxy_for(published_model: str) -> SuiteModel:
-    """The suite model standing in for a model named in the published CSV (KeyError if none)."""
-    return PUBLISHED_PROXIES[published_model]
+def _px(name: str, family: str, fn: str, hw: int, source: str, **kw: Any) -> SuiteModel:
+    return SuiteModel(name, family, f"proxy:{fn}", (hw, hw), source, tuple(kw.items()))
+
+
+_LITE = "proxy: EfficientNet-Lite (no SE, ReLU6)"
+_DET = "proxy: EfficientNet-Lite backbone + BiFPN-like separable head"
+
+SUITE: dict[str, SuiteModel] = {m.name: m for m in (
+    _tv("alexnet@227", "alexnet", "alexnet", 227),
+    _tv("alexnet@224", "alexnet", "alexnet", 224),
+    _tv("vgg11@224", "vgg", "vgg11", 224),
+    _tv("vgg11_bn@224", "vgg", "vgg11_bn", 224),
+    _tv("vgg13@224", "vgg", "vgg13", 224),
+    _tv("vgg13_bn@224", "vgg", "vgg13_bn", 224),
+    _tv("vgg16@224", "vgg", "vgg16", 224),
+    _tv("vgg16_bn@224", "vgg", "vgg16_bn", 224),
+    _px("repvgg_b0@224", "repvgg", "repvgg_b0", 224, "proxy: RepVGG-B0 training-time (3x3+1x1+id) blocks"),
+    _tv("resnet18@224", "resnet", "resnet18", 224),
+    _tv("resnet34@224", "resnet", "resnet34", 224),
+    _tv("resnet50@224", "resnet", "resnet50", 224),
+    _tv("squeezenet1_0@224", "squeezenet", "squeezenet1_0", 224),
+    _tv("squeezenet1_1@224", "squeezenet", "squeezenet1_1", 224),
+    _tv("squeezenet1_1@227", "squeezenet", "squeezenet1_1", 227),
+    _px("squeezenet_ssd@300", "squeezenet", "squeezenet_ssd", 300, "proxy: torchvision SqueezeNet 1.1 + SSD heads"),
+    _tv("densenet121@224", "densenet", "densenet121", 224),
+    _tv("densenet161@224", "densenet", "densenet161", 224),
+    _tv("densenet169@224", "densenet", "densenet169", 224),
+    _tv("densenet201@224", "densenet", "densenet201", 224),
+    _tv("googlenet@224", "inception", "googlenet", 224, aux_logits=False, init_weights=False),
+    _tv("inception_v3@299", "inception", "inception_v3", 299, aux_logits=False, init_weights=False),
+    _px("mobilenet_v1_1.0@224", "mobilenetv1", "mobilenet_v1", 224, "proxy: MobileNetV1 (paper)", width=1.0),
+    _px("mobilenet_v1_0.5@224", "mobilenetv1", "mobilenet_v1", 224, "proxy: MobileNetV1 (paper)", width=0.5),
+    _px("mobilenet_v1_0.25@128", "mobilenetv1", "mobilenet_v1", 128, "proxy: MobileNetV1 (paper)", width=0.25),
+    _px("mobilenet_v1_ssd@300", "mobilenetv1", "mobilenet_v1_ssd", 300, "proxy: MobileNetV1 + SSD heads"),
+    _tv("mobilenet_v2_1.0@224", "mobilenetv2", "mobilenet_v2", 224),
+    _tv("mobilenet_v2_0.5@224", "mobilenetv2", "mobilenet_v2", 224, width_mult=0.5),
+    _tv("mobilenet_v2_1.4@224", "mobilenetv2", "mobilenet_v2", 224, width_mult=1.4),
+    _tv("mobilenet_v2_0.35@96", "mobilenetv2", "mobilenet_v2", 96, width_mult=0.35),
+    _px("mobilenet_v2_110d@224", "mobilenetv2", "mobilenet_v2_110d", 224, "torchvision (width 1.1, deeper setting)"),
+    _px("ssd_mobilenet_v2@320", "mobilenetv2", "ssd_mobilenet_v2", 320, "proxy: MobileNetV2 + SSDLite head"),
+    _tv("mobilenet_v3_large@224", "mobilenetv3", "mobilenet_v3_large", 224),
+    _tv("mobilenet_v3_small@224", "mobilenetv3", "mobilenet_v3_small", 224),
+    _tv("mobilenet_v3_small_0.5@224", "mobilenetv3", "mobilenet_v3_small", 224, width_mult=0.5),
+    _px("mobilenet_v3_large_min@224", "mobilenetv3", "mobilenet_v3_large_minimal", 224,
+        "torchvision MobileNetV3 class, minimalistic setting"),
+    _px("shufflenet_v1_g3@224", "shufflenet", "shufflenet_v1", 224, "proxy: ShuffleNet v1 g=3 (paper)"),
+    _tv("shufflenet_v2_x1_0@224", "shufflenet", "shufflenet_v2_x1_0", 224),
+    _px("nanodet_m@320", "shufflenet", "nanodet_m", 320, "proxy: torchvision ShuffleNetV2 0.5x + PAN + dw heads"),
+    _px("fastestdet@352", "shufflenet", "fastestdet", 352, "proxy: torchvision ShuffleNetV2 0.5x + light head"),
+    _tv("mnasnet1_0@224", "mnasnet", "mnasnet1_0", 224),
+    _px("mnasnet_a1@224", "mnasnet", "mnasnet_a1", 224, "proxy: MnasNet-A1 (paper, SE)"),
+    _px("proxylessnas_mobile@224", "proxylessnas", "proxylessnas_mobile", 224, "proxy: ProxylessNAS-Mobile (paper)"),
+    _px("mixnet_s@224", "mixnet", "mixnet_s", 224, "proxy: MixNet-S (timm arch def)"),
+    _tv("efficientnet_b0@224", "efficientnet", "efficientnet_b0", 224),
+    _px("efficientnet_v2_b0@224", "efficientnet", "efficientnet_v2_b0", 224,
+        "torchvision EfficientNet class, V2-B0 setting"),
+    *(_px(f"efficientnet_lite{k}@{r}", "efficientnet", "efficientnet_lite", r, _LITE, k=k)
+      for k, r in ((0, 224), (1, 240), (2, 260), (3, 280), (4, 300))),
+    *(_px(f"efficientdet_lite{k}@{r}", "efficientnet", "efficientdet_lite", r, _DET, width=w, depth=d, head=h,
+          head_layers=n)
+      for k, r, w, d, h, n in (("0", 320, 1.0, 1.0, 64, 3), ("1", 384, 1.0, 1.1, 88, 4), ("2", 448, 1.1, 1.2, 112, 5),
+                               ("3", 512, 1.2, 1.4, 160, 6), ("3x", 640, 1.2, 1.4, 200, 6),
+                               ("4", 640, 1.4, 1.8, 224, 7))),
+    _px("efficientdet_d0@512", "efficientnet", "efficientdet_d0", 512,
+        "proxy: torchvision EfficientNet-B0 trunk + BiFPN-like separable head (64 ch, 3 rounds)"),
+    _tv("regnet_y_400mf@224", "regnet", "regnet_y_400mf", 224),
+    _px("ese_vovnet19b_dw@224", "vovnet", "ese_vovnet19b_dw", 224, "proxy: ESE-VoVNet19b-DW (timm config)"),
+    _px("blazeface@128", "blazeface", "blazeface", 128, "proxy: BlazeFace (paper)"),
+    _tv("vit_b_16@384", "vit", "vit_b_16", 384, image_size=384),
+    _tv("vit_b_32@224", "vit", "vit_b_32", 224),
+    _tv("vit_b_32@384", "vit", "vit_b_32", 384, image_size=384),  # ncnn benchmark vision_transformer: 145 tokens
+    _px("deit_tiny@224", "vit", "deit_tiny", 224, "torchvision VisionTransformer, DeiT-Tiny setting"),
+    _tv("convnext_base@224", "convnext", "convnext_base", 224),
+)}
+"""Suite key -> model. Families are the unit of leave-one-family-out validation."""
+
+HOST_SUITE: tuple[SuiteModel, ...] = tuple(SUITE[k] for k in (
+    "resnet18@224", "mobilenet_v2_1.0@224", "mobilenet_v3_small@224", "shufflenet_v2_x1_0@224",
+    "squeezenet1_1@224", "efficientnet_lite0@224", "mnasnet1_0@224", "regnet_y_400mf@224", "googlenet@224",
+    "densenet121@224", "mobilenet_v1_1.0@224", "deit_tiny@224", "blazeface@128", "ese_vovnet19b_dw@224",
+    "mixnet_s@224", "proxylessnas_mobile@224", "alexnet@224", "repvgg_b0@224",
+))
+"""What ``edge-search calibrate --device host`` measures: one or two models of most families, none of
+the 0.3-0.5 GB ones (VGG, ViT-B, ConvNeXt-Base), so the whole suite measures in minutes."""
+
+
+def suite_model(key: str) -> SuiteModel:
+    """The suite model of a key (InputError naming the known keys when there is none)."""
+    try:
+        return SUITE[key]
+    except KeyError:
+        raise InputError(f"no reference-suite model '{key}' (known: {', '.join(sorted(SUITE))})") from None
+
+
+def for_published(name: str, input_text: str = "") -> SuiteModel | None:
+    """The suite model a published model name (and input description) maps to, or None."""
+    from edge_search.devices.emulation.published import suite_key
+
+    key = suite_key(name, input_text)
+    return SUITE.get(key) if key else None
 
 
 def _torch() -> Any:
@@ -102,435 +252,62 @@ def _torch() -> Any:
     return torch
 
 
-def _build(m: SuiteModel) -> Any:
-    torch = _torch()
-    nn = torch.nn
-    module: Any = nn.Module
-    kw = dict(m.kwargs)
-
-    def cbr(ci: int, co: int, k: int = 3, s: int = 1, g: int = 1, act: Any = nn.ReLU) -> Any:
-        return nn.Sequential(nn.Conv2d(ci, co, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(co), act())
-
-    class Basic(module):  # type: ignore[misc]
-        def __init__(self, ci: int, co: int, s: int, bottleneck: bool) -> None:
-            super().__init__()
-            if bottleneck:
-                mid = co // 4
-                self.body = nn.Sequential(
-                    cbr(ci, mid, 1),
-                    cbr(mid, mid, 3, s),
-                    nn.Conv2d(mid, co, 1, bias=False),
-                    nn.BatchNorm2d(co),
-                )
-            else:
-                self.body = nn.Sequential(
-                    cbr(ci, co, 3, s), nn.Conv2d(co, co, 3, 1, 1, bias=False), nn.BatchNorm2d(co)
-                )
-            self.skip = (
-                nn.Sequential(nn.Conv2d(ci, co, 1, s, bias=False), nn.BatchNorm2d(co))
-                if s != 1 or ci != co
-                else nn.Identity()
-            )
-
-        def forward(self, x: Any) -> Any:
-            return torch.relu(self.body(x) + self.skip(x))
-
-    class MBConv(module):  # type: ignore[misc]
-        def __init__(
-            self, ci: int, co: int, s: int, e: int, k: int = 3, act: Any = nn.ReLU6, se: bool = False
-        ) -> None:
-            super().__init__()
-            mid = ci * e
-            layers = [cbr(ci, mid, 1, act=act)] if e != 1 else []
-            layers.append(cbr(mid, mid, k, s, g=mid, act=act))
-            if se:
-                layers.append(SE(mid))
-            layers += [nn.Conv2d(mid, co, 1, bias=False), nn.BatchNorm2d(co)]
-            self.body = nn.Sequential(*layers)
-            self.res = s == 1 and ci == co
-
-        def forward(self, x: Any) -> Any:
-            y = self.body(x)
-            return x + y if self.res else y
-
-    class SE(module):  # type: ignore[misc]
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.f = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Conv2d(c, max(8, c // 4), 1),
-                nn.ReLU(),
-                nn.Conv2d(max(8, c // 4), c, 1),
-                nn.Hardsigmoid(),
-            )
-
-        def forward(self, x: Any) -> Any:
-            return x * self.f(x)
-
-    class Shuffle(module):  # type: ignore[misc]
-        def __init__(self, ci: int, co: int, s: int) -> None:
-            super().__init__()
-            self.s = s
-            half = co // 2
-            inp = ci if s == 2 else half
-            self.b2 = nn.Sequential(
-                cbr(inp, half, 1), cbr(half, half, 3, s, g=half, act=nn.Identity), cbr(half, half, 1)
-            )
-            self.b1 = (
-                nn.Sequential(cbr(ci, ci, 3, s, g=ci, act=nn.Identity), cbr(ci, half, 1))
-                if s == 2
-                else nn.Identity()
-            )
-
-        def forward(self, x: Any) -> Any:
-            if self.s == 1:
-                a, b = x.chunk(2, dim=1)
-                out = torch.cat([a, self.b2(b)], 1)
-            else:
-                out = torch.cat([self.b1(x), self.b2(x)], 1)
-            n, c, h, w = out.shape
-            return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-    class Fire(module):  # type: ignore[misc]
-        def __init__(self, ci: int, sq: int, ex: int) -> None:
-            super().__init__()
-            self.sq = nn.Sequential(nn.Conv2d(ci, sq, 1), nn.ReLU())
-            self.e1 = nn.Sequential(nn.Conv2d(sq, ex, 1), nn.ReLU())
-            self.e3 = nn.Sequential(nn.Conv2d(sq, ex, 3, padding=1), nn.ReLU())
-
-        def forward(self, x: Any) -> Any:
-            s = self.sq(x)
-            return torch.cat([self.e1(s), self.e3(s)], 1)
-
-    class Dense(module):  # type: ignore[misc]
-        def __init__(self, ci: int, n: int, growth: int = 32) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(
-                nn.Sequential(
-                    nn.BatchNorm2d(ci + i * growth),
-                    nn.ReLU(),
-                    nn.Conv2d(ci + i * growth, 4 * growth, 1, bias=False),
-                    nn.BatchNorm2d(4 * growth),
-                    nn.ReLU(),
-                    nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False),
-                )
-                for i in range(n)
-            )
-
-        def forward(self, x: Any) -> Any:
-            for layer in self.layers:
-                x = torch.cat([x, layer(x)], 1)
-            return x
-
-    class Encoder(module):  # type: ignore[misc]
-        """Post-norm transformer encoder layer with explicit attention (exports as MatMul/Softmax)."""
-
-        def __init__(self, d: int, heads: int, ff: int) -> None:
-            super().__init__()
-            self.h = heads
-            self.qkv = nn.Linear(d, 3 * d)
-            self.out = nn.Linear(d, d)
-            self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
-            self.n1 = nn.LayerNorm(d)
-            self.n2 = nn.LayerNorm(d)
-
-        def forward(self, x: Any) -> Any:
-            b, t, d = x.shape
-            q, k, v = self.qkv(x).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
-            att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, -1)
-            y = (att @ v).transpose(1, 2).reshape(b, t, d)
-            x = self.n1(x + self.out(y))
-            return self.n2(x + self.ff(x))
-
-    def effnet_lite(width: float = 1.0, depth: float = 1.0) -> tuple[Any, list[int]]:
-        def ch(c: int) -> int:
-            return max(8, int(c * width + 4) // 8 * 8)
-
-        cfg = [
-            (1, 16, 1, 1, 3),
-            (6, 24, 2, 2, 3),
-            (6, 40, 2, 2, 5),
-            (6, 80, 3, 2, 3),
-            (6, 112, 3, 1, 5),
-            (6, 192, 4, 2, 5),
-            (6, 320, 1, 1, 3),
-        ]
-        layers: list[Any] = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
-        ci, outs = 32, []
-        for i, (e, c, n, s, k) in enumerate(cfg):
-            reps = n if i in (0, 6) else max(1, round(n * depth))
-            for r in range(reps):
-                layers.append(MBConv(ci, ch(c), s if r == 0 else 1, e, k))
-                ci = ch(c)
-            outs.append(len(layers))
-        return nn.Sequential(*layers), [ci, outs[2], outs[4], outs[6]]
-
-    class Head(module):  # type: ignore[misc]
-        """BiFPN-like: 5 levels of separable convs, `n` rounds, then class/box nets."""
-
-        def __init__(self, cin: int, c: int, n: int) -> None:
-            super().__init__()
-            self.inp = cbr(cin, c, 1)
-            self.down = nn.ModuleList(cbr(c, c, 3, 2, g=c) for _ in range(4))
-            self.fuse = nn.ModuleList(
-                nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(5 * n)
-            )
-            reps = 3 if c < 160 else 4
-            self.box = nn.Sequential(
-                *[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(reps)],
-                nn.Conv2d(c, 36, 1),
-            )
-            self.cls = nn.Sequential(
-                *[nn.Sequential(cbr(c, c, 3, g=c, act=nn.Identity), cbr(c, c, 1)) for _ in range(reps)],
-                nn.Conv2d(c, 810, 1),
-            )
-            self.n = n
-
-        def forward(self, x: Any) -> Any:
-            feats = [self.inp(x)]
-            for d in self.down:
-                feats.append(d(feats[-1]))
-            for r in range(self.n):
-                feats = [self.fuse[r * 5 + i](f) + f for i, f in enumerate(feats)]
-            return [torch.cat([self.box(f).flatten(2), self.cls(f).flatten(2)], 1) for f in feats]
-
-    a = m.arch
-    if a == "resnet":
-        bott = kw.get("bottleneck", False)
-        widths = [256, 512, 1024, 2048] if bott else [64, 128, 256, 512]
-        layers = [cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)]
-        ci = 64
-        for i, (n, co) in enumerate(zip(kw["layers"], widths, strict=True)):
-            for r in range(n):
-                layers.append(Basic(ci, co, 2 if r == 0 and i > 0 else 1, bott))
-                ci = co
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ci, 1000)]
-        return nn.Sequential(*layers)
-    if a in ("mobilenetv2", "ssd_mobilenetv2"):
-        cfg = [
-            (1, 16, 1, 1),
-            (6, 24, 2, 2),
-            (6, 32, 3, 2),
-            (6, 64, 4, 2),
-            (6, 96, 3, 1),
-            (6, 160, 3, 2),
-            (6, 320, 1, 1),
-        ]
-        layers = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
-        ci = 32
-        for e, c, n, s in cfg:
-            for r in range(n):
-                layers.append(MBConv(ci, c, s if r == 0 else 1, e))
-                ci = c
-        layers.append(cbr(ci, 1280, 1, act=nn.ReLU6))
-        if a == "ssd_mobilenetv2":
-            extra = [
-                nn.Sequential(
-                    cbr(1280 if i == 0 else 256, 128, 1, act=nn.ReLU6),
-                    cbr(128, 128, 3, 2, g=128, act=nn.ReLU6),
-                    cbr(128, 256, 1, act=nn.ReLU6),
-                )
-                for i in range(4)
-            ]
-            head = nn.Sequential(cbr(256, 256, 3, g=256, act=nn.ReLU6), nn.Conv2d(256, 6 * 95, 1))
-            return nn.Sequential(*layers, *extra, head, nn.Flatten())
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, 1000)]
-        return nn.Sequential(*layers)
-    if a == "mobilenetv3":
-        hs = nn.Hardswish
-        cfg3: list[tuple[Any, ...]] = [
-            (16, 16, 2, 1, 3, True, nn.ReLU),
-            (16, 24, 2, 4, 3, False, nn.ReLU),
-            (24, 24, 1, 4, 3, False, nn.ReLU),
-            (24, 40, 2, 4, 5, True, hs),
-            (40, 40, 1, 6, 5, True, hs),
-            (40, 48, 1, 3, 5, True, hs),
-            (48, 96, 2, 6, 5, True, hs),
-            (96, 96, 1, 6, 5, True, hs),
-        ]
-        layers = [cbr(3, 16, 3, 2, act=hs)]
-        for ci, co, s, e, k, se, act in cfg3:
-            layers.append(MBConv(ci, co, s, e, k, act, se))
-        layers += [
-            cbr(96, 576, 1, act=hs),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(576, 1024),
-            hs(),
-            nn.Linear(1024, 1000),
-        ]
-        return nn.Sequential(*layers)
-    if a == "shufflenetv2":
-        layers = [cbr(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
-        ci = 24
-        for co, n in ((116, 4), (232, 8), (464, 4)):
-            for r in range(n):
-                layers.append(Shuffle(ci, co, 2 if r == 0 else 1))
-                ci = co
-        layers += [cbr(ci, 1024, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000)]
-        return nn.Sequential(*layers)
-    if a == "squeezenet":
-        if kw["version"] == "1_0":
-            layers = [
-                nn.Conv2d(3, 96, 7, 2),
-                nn.ReLU(),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(96, 16, 64),
-                Fire(128, 16, 64),
-                Fire(128, 32, 128),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(256, 32, 128),
-                Fire(256, 48, 192),
-                Fire(384, 48, 192),
-                Fire(384, 64, 256),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(512, 64, 256),
-            ]
-        else:
-            layers = [
-                nn.Conv2d(3, 64, 3, 2),
-                nn.ReLU(),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(64, 16, 64),
-                Fire(128, 16, 64),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(128, 32, 128),
-                Fire(256, 32, 128),
-                nn.MaxPool2d(3, 2, ceil_mode=True),
-                Fire(256, 48, 192),
-                Fire(384, 48, 192),
-                Fire(384, 64, 256),
-                Fire(512, 64, 256),
-            ]
-        layers += [nn.Conv2d(512, 1000, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        return nn.Sequential(*layers)
-    if a == "efficientnet":
-        body, chans = effnet_lite()
-        return nn.Sequential(
-            body,
-            cbr(chans[0], 1280, 1, act=nn.ReLU6),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(1280, 1000),
-        )
-    if a == "efficientdet":
-        body, chans = effnet_lite(kw["width"], kw["depth"])
-        return nn.Sequential(body, Head(chans[0], kw["head"], kw["head_layers"]))
-    if a == "vgg":
-        layers, ci = [], 3
-        for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
-            if v == "M":
-                layers.append(nn.MaxPool2d(2))
-            else:
-                layers += [nn.Conv2d(ci, int(v), 3, padding=1), nn.ReLU()]
-                ci = int(v)
-        layers += [
-            nn.Flatten(),
-            nn.Linear(512 * 7 * 7, 4096),
-            nn.ReLU(),
-            nn.Linear(4096, 4096),
-            nn.ReLU(),
-            nn.Linear(4096, 1000),
-        ]
-        return nn.Sequential(*layers)
-    if a == "densenet":
-        layers, ci = [cbr(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)], 64
-        for i, n in enumerate((6, 12, 24, 16)):
-            layers.append(Dense(ci, n))
-            ci += 32 * n
-            if i < 3:
-                layers += [
-                    nn.BatchNorm2d(ci),
-                    nn.ReLU(),
-                    nn.Conv2d(ci, ci // 2, 1, bias=False),
-                    nn.AvgPool2d(2),
-                ]
-                ci //= 2
-        layers += [nn.BatchNorm2d(ci), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ci, 1000)]
-        return nn.Sequential(*layers)
-    if a == "transformer":
-        return nn.Sequential(*[Encoder(128, 4, 512) for _ in range(4)], nn.Linear(128, 10))
-    raise ValueError(f"unknown architecture {a}")
-
-
-def _key(m: SuiteModel) -> str:
-    return hashlib.sha1(repr(m).encode()).hexdigest()[:10]
-
-
 def export(m: SuiteModel, cache_dir: Path = DEFAULT_CACHE, precision: str = "fp32") -> Path:
-    """The ONNX file for `m` at `precision` ('fp32' or 'int8'), built and cached on first use."""
+    """The ONNX file of `m` at `precision` ('fp32' or 'int8'), exported into `cache_dir` on first use.
+
+    fp32: ``torch.onnx.export`` (TorchScript exporter, opset 17, batch 1, random weights, seed 0).
+    int8: ONNX Runtime's static QDQ quantisation of the fp32 file (uint8 activations, int8 per-channel
+    weights, two random calibration inputs: latency does not depend on the ranges).
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision} is not built by the reference suite ({', '.join(PRECISIONS)})")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = cache_dir / f"{m.name}-{_key(m)}-fp32.onnx"
+    fp32 = cache_dir / f"{m.name}-{m.cache_key}-fp32.onnx"
     if not fp32.exists():
         torch = _torch()
         torch.manual_seed(0)
-        net = _build(m).eval()
+        torch.backends.mha.set_fastpath_enabled(False)  # the TorchScript exporter cannot export fused MHA
+        net = m.build()
         tmp = fp32.with_suffix(".tmp.onnx")
         with torch.no_grad():
-            torch.onnx.export(
-                net,
-                torch.randn(*m.input_shape),
-                str(tmp),
-                input_names=["input"],
-                opset_version=17,
-                dynamo=False,
-            )
+            torch.onnx.export(net, torch.randn(*m.input_shape), str(tmp), input_names=["input"], opset_version=17,
+                              dynamo=False)
         tmp.replace(fp32)
     if precision == "fp32":
         return fp32
-    if precision != "int8":
-        raise ValueError(f"precision {precision} is not built by the suite")
-    q = cache_dir / f"{m.name}-{_key(m)}-int8.onnx"
+    q = cache_dir / f"{m.name}-{m.cache_key}-int8.onnx"
     if not q.exists():
-        _quantize(m, fp32, q)
+        _quantize(fp32, q, m.input_shape)
     return q
 
 
-def _quantize(m: SuiteModel, src: Path, dst: Path) -> None:
-    import logging
-
+def _quantize(src: Path, dst: Path, shape: tuple[int, ...]) -> None:
     import numpy as np
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about pre-processing on root
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about pre-processing on the root logger
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.left = 2
+
+        def get_next(self) -> dict[str, Any] | None:
+            if self.left == 0:
+                return None
+            self.left -= 1
+            return {"input": rng.standard_normal(shape).astype(np.float32)}
+
     tmp = dst.with_suffix(".tmp.onnx")
-    if m.arch == "transformer":
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
-    else:
-        rng = np.random.default_rng(0)
-
-        class Reader(CalibrationDataReader):  # type: ignore[misc]
-            def __init__(self) -> None:
-                self.left = 4
-
-            def get_next(self) -> dict[str, Any] | None:
-                if self.left == 0:
-                    return None
-                self.left -= 1
-                return {"input": rng.standard_normal(m.input_shape).astype(np.float32)}
-
-        quantize_static(
-            str(src),
-            str(tmp),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-        )
+    quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
     tmp.replace(dst)
 
 
 def build_all(
-    models: tuple[SuiteModel, ...] = HOST_SUITE,
+    models: Iterable[SuiteModel] = HOST_SUITE,
     cache_dir: Path = DEFAULT_CACHE,
-    precisions: tuple[str, ...] = ("fp32", "int8"),
+    precisions: Iterable[str] = PRECISIONS,
     progress: Callable[[str], None] | None = None,
 ) -> dict[tuple[str, str], Path]:
     """Export every model at every precision; returns (name, precision) -> path."""
@@ -543,12 +320,131 @@ def build_all(
     return out
 
 
+# --- the work table ------------------------------------------------------------------------------
+
+
+def qdq_activations(model_path: Path) -> tuple[int, float]:
+    """QuantizeLinear nodes on activations of a QDQ graph and the GB they read (fp32 in).
+
+    The int8 work of ``physics.model_work`` is the float skeleton (Q/DQ dropped); ONNX Runtime fuses
+    most Q/DQ pairs into quantised kernels but keeps the ones around operators it has no int8 kernel
+    for, so this count is an upper bound on the extra quantisation kernels of the int8 model.
+    """
+    from edge_search.devices.emulation.opclass import load_graph
+
+    g = load_graph(Path(model_path))
+    n, gb = 0, 0.0
+    for node in g.nodes:
+        if node.op_type == "QuantizeLinear" and node.input and node.input[0] not in g.init:
+            n += 1
+            gb += 4.0 * g.numel(node.input[0]) / 1e9
+    return n, gb
+
+
+def work_entry(m: SuiteModel, cache_dir: Path = DEFAULT_CACHE, precisions: Iterable[str] = PRECISIONS,
+               exported: bool = True) -> dict[str, Any]:
+    """One work-table entry: fp32 `ModelWork` JSON, with family, source and the int8 work in ``extra``.
+
+    With `exported` False only models whose ONNX files are already in `cache_dir` are read (nothing is
+    exported); a missing precision raises `FileNotFoundError`.
+    """
+    from edge_search.devices.emulation.physics import model_work
+
+    paths = {}
+    for p in precisions:
+        path = cache_dir / f"{m.name}-{m.cache_key}-{p}.onnx"
+        if not path.exists():
+            if not exported:
+                raise FileNotFoundError(path)
+            path = export(m, cache_dir, p)
+        paths[p] = path
+    fp32 = model_work(paths["fp32"]).to_json()
+    fp32["extra"] = {"family": m.family, "source": m.source, "input": list(m.input_shape)}
+    if "int8" in paths:
+        q = model_work(paths["int8"]).to_json()
+        n, gb = qdq_activations(paths["int8"])
+        q.pop("extra", None)
+        fp32["extra"]["int8"] = {**q, "qdq_activation_nodes": n, "qdq_activation_gb": round(gb, 6)}
+    return fp32
+
+
+def write_work_table(
+    path: Path,
+    models: Iterable[SuiteModel] | None = None,
+    cache_dir: Path = DEFAULT_CACHE,
+    precisions: Iterable[str] = PRECISIONS,
+    reuse: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    merge: bool = False,
+) -> dict[str, Any]:
+    """Regenerate the suite work table (``device_profiles/suite_work.json``) and return it.
+
+    For each model (default: the whole `SUITE`), its exports are read from `cache_dir` (exported there
+    when missing); with `reuse` (an earlier export folder, e.g. another machine's cache), files whose
+    name and definition hash match are read from there instead and nothing is exported for them. The
+    table keeps, per suite key, the fp32 work per class (what `physics.load_work_table` and the fit
+    read), the family and source, and the int8 work with its activation Q/DQ count in ``extra``.
+    With `merge`, entries of an existing table at `path` that are not regenerated are kept.
+    """
+    models = list(SUITE.values() if models is None else models)
+    precisions = tuple(precisions)
+    out: dict[str, Any] = {}
+    if merge and Path(path).exists():
+        out.update(json.loads(Path(path).read_text())["models"])
+    for m in models:
+        t0 = time.time()
+        src = cache_dir
+        if reuse is not None and all((reuse / f"{m.name}-{m.cache_key}-{p}.onnx").exists() for p in precisions):
+            src = reuse
+        elif reuse is not None and (reuse / f"{m.name}-{m.cache_key}-fp32.onnx").exists():
+            src = reuse  # int8 is quantised from the reused fp32 file, into the reuse folder
+        out[m.name] = work_entry(m, src, precisions)
+        if progress:
+            w = out[m.name]
+            progress(f"{m.name}: {w['gflops']:.3f} GFLOP, {w['nodes']} kernels ({time.time() - t0:.1f} s)")
+    table = {
+        "source": "edge_search.devices.emulation.reference_suite.write_work_table: physics.model_work on the "
+                  "reference suite's ONNX exports (reference_suite.SUITE; random weights, opset 17; int8 = ONNX "
+                  "Runtime static QDQ)",
+        "version": WORK_TABLE_VERSION,
+        "generated": time.strftime("%Y-%m-%d"),
+        "models": dict(sorted(out.items())),
+    }
+    Path(path).write_text(json.dumps(table, indent=0) + "\n")
+    return table
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Regenerate the reference suite's work table (suite_work.json).")
+    ap.add_argument("--out", type=Path, required=True, help="work table to write (device_profiles/suite_work.json)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="export folder (default: %(default)s)")
+    ap.add_argument("--reuse", type=Path, default=None, help="earlier export folder to read matching files from")
+    ap.add_argument("--only", nargs="*", default=None, help="suite keys (default: all); merged into --out")
+    args = ap.parse_args(argv)
+    models = [suite_model(k) for k in args.only] if args.only else None
+    write_work_table(args.out, models, args.cache, reuse=args.reuse, merge=bool(args.only),
+                     progress=lambda s: print(s, file=sys.stderr, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
+
+
 __all__ = [
     "DEFAULT_CACHE",
     "HOST_SUITE",
-    "PUBLISHED_PROXIES",
+    "PRECISIONS",
+    "SUITE",
     "SuiteModel",
     "build_all",
     "export",
-    "proxy_for",
+    "for_published",
+    "import_torchvision",
+    "qdq_activations",
+    "suite_model",
+    "work_entry",
+    "write_work_table",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import tempfile
@@ -279,6 +280,7 @@ def measure(wr: WorkerRequest, req: MeasureRequest | None = None) -> LatencyStat
             "measure_ended_at": wall1,
             "precision_target": req.precision_target,
             "involuntary_ctx_switches": ru1.ru_nivcsw - ru0.ru_nivcsw,
+            "cpu_ms_per_run": own_s * 1e3 / max(len(samples_ns), 1),  # this process's CPU time (all threads)
             "others_cpu_pct": others,
             "runq_wait_pct": runq,
             "robust_cv": robust_cv(samples_ms),
@@ -329,7 +331,7 @@ def parse_profile_trace(trace: list[dict[str, Any]], runs: int) -> list[dict[str
 
     Node events (``cat: Node``, name ``<node>_kernel_time``) are kept when they start at or after the
     start of the `runs`-th last ``model_run`` event, so warm-up runs are excluded. Returns dicts with
-    name, op_type, provider, mean_us (per execution) and count (executions), slowest first.
+    name, op_type, provider, mean_us and min_us (per execution) and count (executions), slowest first.
     """
     run_starts = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
     if not run_starts:
@@ -344,11 +346,13 @@ def parse_profile_trace(trace: list[dict[str, Any]], runs: int) -> list[dict[str
         args = e.get("args", {})
         node = name[: -len(suffix)]
         slot = acc.setdefault(node, {"name": node, "op_type": args.get("op_name", ""),
-                                     "provider": args.get("provider", ""), "total": 0.0, "count": 0})
+                                     "provider": args.get("provider", ""), "total": 0.0, "count": 0,
+                                     "min": math.inf})
         slot["total"] += float(e.get("dur", 0))
         slot["count"] += 1
+        slot["min"] = min(slot["min"], float(e.get("dur", 0)))
     nodes = [{"name": s["name"], "op_type": s["op_type"], "provider": s["provider"],
-              "mean_us": s["total"] / s["count"], "count": s["count"]} for s in acc.values()]
+              "mean_us": s["total"] / s["count"], "min_us": s["min"], "count": s["count"]} for s in acc.values()]
     return sorted(nodes, key=lambda d: -d["mean_us"] * d["count"])
 
 
