@@ -116,16 +116,16 @@ def run_search(opts: RunOptions, progress_stream: TextIO | None = None) -> RunSu
     space, dropped = resolve_space(space, device_capabilities(profile))
     task = create_task(space.task.name, space.task.options)
     check_train_values(space, task.train_knobs, task.name, opts.space or space.name)
-    # Only once the input is known good: bad input gets one line on stderr, nothing else.
-    print(latency_line(profile), file=stream, flush=True)
-    for line in dropped:
-        print(f"  {line}", file=stream, flush=True)
     heartbeat = HeartbeatSettings(opts.heartbeat_interval, opts.grace_period)
     storage = make_storage(opts.storage, heartbeat)
     tracker = Tracker(opts.tracking_uri, idle_transaction_timeout_s=opts.grace_period)
     session = StudySession.open(space=space, device=opts.device, profile_version=profile.version,
                            study_name=opts.study or default_study_name(space, opts.device), storage=storage,
                            sampler_name=opts.sampler, seed=opts.seed, tracker=tracker)
+    # Only once the input is known good (space, task, stores, study): bad input is one line on stderr.
+    print(latency_line(profile), file=stream, flush=True)
+    for line in dropped:
+        print(f"  {line}", file=stream, flush=True)
     with create_device(profile) as device:
         pipeline = Pipeline(task, device, profile, ArtifactCache(opts.cache_dir), seed=space.seed,
                             precision_target=opts.precision_target, max_measure_s=opts.max_measure_s,
