@@ -232,7 +232,9 @@ def test_frozen_and_killed_processes_lose_nothing(workdir: Path, small_space: Pa
         procs.append(c)
         out_c = c.communicate(timeout=400)
         assert c.returncode == 0, out_c[1][-3000:]
-        assert f"recovered trial {killed.number} redone with the same parameters: its process died" in out_c[1]
+        # "its process died", or, when C starts after the grace period (a loaded machine), "its
+        # process stopped sending heartbeats": either way recovered at start-up with the same parameters
+        assert f"recovered trial {killed.number} redone with the same parameters: its process " in out_c[1]
     finally:
         os.kill(a.pid, signal.SIGCONT)
         for p in procs:
