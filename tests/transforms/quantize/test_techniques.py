@@ -130,3 +130,32 @@ def test_tensors_that_cannot_be_calibrated_stay_float(tmp_path: Path, method: st
     ref, out = _run(model, feed), _run(onnx.load(str(dst)), feed)
     assert np.isfinite(out).all()
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_layers_kept_in_float_get_their_uncorrected_biases_back(tmp_path: Path) -> None:
+    """Bias correction compensates the rounding of int8 weights; a layer that stays float32 (keep_fp32_top_k,
+    the sensitivity analysis' variants) must not carry it, or it adds the opposite error. With every layer
+    kept in float32 the quantised model is the float model again."""
+    from edge_search.transforms.quantize.static import prepare_static, quantize_prepared
+
+    src = tmp_path / "m.onnx"
+    model = conv_relu_conv()
+    onnx.save(model, str(src))
+    task: Any = ArrayTask(np.abs(RNG.normal(size=(32, 3, 8, 8))).astype(np.float32) + 0.5)  # E[x] > 0
+    deploy = DeployConfig(precision="int8-static", bias_correction=True, calibration_size=32)
+    prepared = prepare_static(src, tmp_path / "prep", deploy, task)
+    assert "bias-correction" in prepared.steps and set(prepared.corrected) == {"c1", "dw", "c3"}
+    feed = {"x": task.x[:1]}
+    ref = _run(model, feed)
+    corrected = _run(onnx.load(str(prepared.path)), feed)
+    assert np.abs(corrected - ref).max() > 1e-4  # the correction is there (the test below can fail)
+
+    all_float = tmp_path / "float.onnx"
+    quantize_prepared(prepared, all_float, deploy, ["c1", "relu", "dw", "c3"])
+    np.testing.assert_allclose(_run(onnx.load(str(all_float)), feed), ref, rtol=1e-5, atol=1e-5)
+
+    one_float = tmp_path / "one.onnx"
+    quantize_prepared(prepared, one_float, deploy, ["c3"])
+    inits = {i.name: nh.to_array(i) for i in onnx.load(str(one_float)).graph.initializer}
+    np.testing.assert_array_equal(inits["b3"], nh.to_array(model.graph.initializer[5]))  # float layer: original
+    assert any(name.startswith("b1") and value.dtype == np.int32 for name, value in inits.items())  # int8 layer
