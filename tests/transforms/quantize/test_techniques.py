@@ -159,3 +159,28 @@ def test_layers_kept_in_float_get_their_uncorrected_biases_back(tmp_path: Path) 
     inits = {i.name: nh.to_array(i) for i in onnx.load(str(one_float)).graph.initializer}
     np.testing.assert_array_equal(inits["b3"], nh.to_array(model.graph.initializer[5]))  # float layer: original
     assert any(name.startswith("b1") and value.dtype == np.int32 for name, value in inits.items())  # int8 layer
+
+
+def test_a_float_layer_stays_float_when_onnx_runtime_loads_the_model(tmp_path: Path) -> None:
+    """ONNX Runtime's `WeightBiasQuantization` (session load, level basic and up) quantises the float weights
+    of a Conv that reads a DequantizeLinear per-tensor; a layer edge-search keeps in float32 must survive it."""
+    src, dst, opt = tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path / "loaded.onnx"
+    model = conv_relu_conv()
+    onnx.save(model, str(src))
+    task: Any = ArrayTask(np.abs(RNG.normal(size=(32, 3, 8, 8))).astype(np.float32))
+    QuantizeTransform().apply(src, dst, DeployConfig(precision="int8-static", keep_fp32="depthwise",
+                                                     bias_correction=False, calibration_size=32), task)
+    assert fp32_nodes_of(dst) == ["dw"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(str(opt))
+    dw = next(n for n in loaded.graph.node if n.name == "dw")
+    assert dw.input[1] in {i.name for i in loaded.graph.initializer}  # float weights, not a DequantizeLinear's
+    feed = {"x": task.x[:1]}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_saved = ort.InferenceSession(str(dst), plain, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    as_loaded = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(as_loaded, as_saved, rtol=1e-4, atol=1e-4)

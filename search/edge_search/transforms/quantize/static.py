@@ -10,7 +10,8 @@ once per candidate), always from the same prepared model and ranges.
    the biases absorb the mean error, and the corrected model is calibrated again.
 
 `quantize_prepared` then runs `quantize_static` on the prepared model with the cached ranges; the
-layers it keeps in float32 get their biases from before the correction back.
+layers it keeps in float32 get their biases from before the correction back, and are shielded from
+ONNX Runtime's load-time weight quantisation (`float_islands`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ def _quantize(source: Path, prepared: PreparedModel, dst: Path, deploy: DeployCo
             calibrate_method=method, op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
             nodes_to_exclude=excluded, extra_options=extra,
             calibration_cache_path=str(prepared.calibration.cache))
+    if excluded:
+        from edge_search.transforms.quantize.float_islands import shield_float_nodes
+
+        model = onnx.load(str(dst))
+        if shield_float_nodes(model, excluded):
+            onnx.save(model, str(dst))
 
 
 def prepare_dynamic(src: Path, workdir: Path, deploy: DeployConfig) -> Path:
