@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from edge_search.cli import main
 from edge_search.config import DeployConfig
 from edge_search.errors import InputError, InvalidConfig
+from edge_search.records import TrialRecord
 from edge_search.tasks import create_task
 from edge_search.tasks.base import ModelArtifact, Task
 from edge_search.tasks.data import load_data, resize_array
@@ -167,7 +168,8 @@ objectives: [fidelity_top1, latency_ms, throughput_per_s]
 """)
     assert main(["run", "--space", "s.yaml", "--trials", "3", "--sampler", "random", *FAST_MEASURE]) == 0
     study = optuna.load_study(study_name="byom-host", storage="sqlite:///edge-search.db")
-    done = study.get_trials(states=(TrialState.COMPLETE,))
+    # a repeated proposal or a failure is a COMPLETE (infeasible) trial too since issue 14: count the evaluated ones
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if TrialRecord.of(t).evaluated]
     assert len(done) == 3 and all({"top1", "fidelity_cosine"} <= set(t.user_attrs["metrics"]) for t in done)
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert all("CPU-only" in t.user_attrs["invalid_reason"] for t in pruned
