@@ -100,3 +100,15 @@ def test_bias_correction_is_logged_and_cle_leaves_relu6_pairs_alone(task: OnnxMo
     # pairs linked directly (a block's projection into the next block's expansion) are equalised
     assert "cross-layer equalisation: 2 Conv pairs" in caplog.text
     assert scores["fidelity_cosine"] > 0.99
+
+
+def test_layers_kept_in_fp32_make_the_real_network_closer_to_fp32(task: OnnxModelTask, tmp_path: Path) -> None:
+    """Every depthwise conv of Lite0 kept in fp32 (each reads the int8 expansion conv's output): the model
+    must be closer to fp32 than all-int8, as loaded by ONNX Runtime with its default optimisation. Before
+    the issue-14 fixes it was further: the kept layers carried bias corrections for rounding they no
+    longer had, and ONNX Runtime re-quantised their weights per-tensor at load."""
+    all_int8, _ = quantise(task, tmp_path)
+    kept, out = quantise(task, tmp_path, keep_fp32="depthwise")
+    assert len(fp32_nodes_of(out) or []) == 16  # Lite0 has 16 depthwise convs
+    assert kept["fidelity_cosine"] > all_int8["fidelity_cosine"] > 0.99
+    assert kept["fidelity_top1"] >= all_int8["fidelity_top1"]

@@ -130,3 +130,57 @@ def test_tensors_that_cannot_be_calibrated_stay_float(tmp_path: Path, method: st
     ref, out = _run(model, feed), _run(onnx.load(str(dst)), feed)
     assert np.isfinite(out).all()
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_layers_kept_in_float_get_their_uncorrected_biases_back(tmp_path: Path) -> None:
+    """Bias correction compensates the rounding of int8 weights; a layer that stays float32 (keep_fp32_top_k,
+    the sensitivity analysis' variants) must not carry it, or it adds the opposite error. With every layer
+    kept in float32 the quantised model is the float model again."""
+    from edge_search.transforms.quantize.static import prepare_static, quantize_prepared
+
+    src = tmp_path / "m.onnx"
+    model = conv_relu_conv()
+    onnx.save(model, str(src))
+    task: Any = ArrayTask(np.abs(RNG.normal(size=(32, 3, 8, 8))).astype(np.float32) + 0.5)  # E[x] > 0
+    deploy = DeployConfig(precision="int8-static", bias_correction=True, calibration_size=32)
+    prepared = prepare_static(src, tmp_path / "prep", deploy, task)
+    assert "bias-correction" in prepared.steps and set(prepared.corrected) == {"c1", "dw", "c3"}
+    feed = {"x": task.x[:1]}
+    ref = _run(model, feed)
+    corrected = _run(onnx.load(str(prepared.path)), feed)
+    assert np.abs(corrected - ref).max() > 1e-4  # the correction is there (the test below can fail)
+
+    all_float = tmp_path / "float.onnx"
+    quantize_prepared(prepared, all_float, deploy, ["c1", "relu", "dw", "c3"])
+    np.testing.assert_allclose(_run(onnx.load(str(all_float)), feed), ref, rtol=1e-5, atol=1e-5)
+
+    one_float = tmp_path / "one.onnx"
+    quantize_prepared(prepared, one_float, deploy, ["c3"])
+    inits = {i.name: nh.to_array(i) for i in onnx.load(str(one_float)).graph.initializer}
+    np.testing.assert_array_equal(inits["b3"], nh.to_array(model.graph.initializer[5]))  # float layer: original
+    assert any(name.startswith("b1") and value.dtype == np.int32 for name, value in inits.items())  # int8 layer
+
+
+def test_a_float_layer_stays_float_when_onnx_runtime_loads_the_model(tmp_path: Path) -> None:
+    """ONNX Runtime's `WeightBiasQuantization` (session load, level basic and up) quantises the float weights
+    of a Conv that reads a DequantizeLinear per-tensor; a layer edge-search keeps in float32 must survive it."""
+    src, dst, opt = tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path / "loaded.onnx"
+    model = conv_relu_conv()
+    onnx.save(model, str(src))
+    task: Any = ArrayTask(np.abs(RNG.normal(size=(32, 3, 8, 8))).astype(np.float32))
+    QuantizeTransform().apply(src, dst, DeployConfig(precision="int8-static", keep_fp32="depthwise",
+                                                     bias_correction=False, calibration_size=32), task)
+    assert fp32_nodes_of(dst) == ["dw"]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(opt)
+    ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"])
+    loaded = onnx.load(str(opt))
+    dw = next(n for n in loaded.graph.node if n.name == "dw")
+    assert dw.input[1] in {i.name for i in loaded.graph.initializer}  # float weights, not a DequantizeLinear's
+    feed = {"x": task.x[:1]}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_saved = ort.InferenceSession(str(dst), plain, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    as_loaded = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(as_loaded, as_saved, rtol=1e-4, atol=1e-4)

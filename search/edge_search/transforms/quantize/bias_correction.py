@@ -15,6 +15,12 @@ matches exactly what ORT deploys.
 
 Conv, Gemm and MatMul followed by an Add of a constant bias (transformer linear layers) are
 corrected; E[x] per input channel comes from the fp32 model on the calibration samples.
+
+A correction belongs to a layer whose weights are deployed in int8: a layer that then stays in
+float32 (`keep_fp32_top_k`, `keep_fp32`, the candidates of the sensitivity analysis) must get its
+original bias back (`restore_biases`), or it carries the opposite of the error it was corrected
+for. On Lite0, before this was done, keeping any one node float cost as much fidelity as
+quantising it, so the sensitivity ranking was noise and `keep_fp32_top_k: 13` gained one photo.
 """
 
 from __future__ import annotations
@@ -54,10 +60,14 @@ def dequantised_weights(qdq: onnx.ModelProto) -> dict[str, np.ndarray]:
     return out
 
 
-def correct_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> int:
+BiasChanges = dict[str, tuple[str, np.ndarray | None]]
+"""Node name -> (its bias initializer, the bias before correction; None when the correction added it)."""
+
+
+def correct_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> BiasChanges:
     """Add (W - Wq) E[x] to the bias of every Conv/Gemm (and MatMul + constant Add) that ORT
-    quantised in `qdq` (same node names as `model`); `model` is changed in place. Returns how many
-    layers were corrected."""
+    quantised in `qdq` (same node names as `model`); `model` is changed in place. Returns the
+    corrected layers with their original biases (for `restore_biases`)."""
     inits = {i.name: i for i in model.graph.initializer}
     deployed = dequantised_weights(qdq)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -76,8 +86,9 @@ def correct_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
                 layers.append((node, other[0]))
         elif node.op_type in ("Conv", "Gemm"):
             layers.append((node, node.input[2] if len(node.input) > 2 and node.input[2] else None))
+    changes: BiasChanges = {}
     if not layers:
-        return 0
+        return changes
     means = channel_stats(model, feeds, {n.input[0]: n.op_type == "MatMul" for n, _ in layers}, "mean")
     for node, bias in layers:
         w = nh.to_array(inits[node.input[1]]).astype(np.float64)
@@ -95,13 +106,30 @@ def correct_biases(model: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
         else:
             delta = dw.T @ ex
         if bias is not None and bias in inits:
-            value = nh.to_array(inits[bias]).astype(np.float64) + delta
+            original = nh.to_array(inits[bias])
+            value = original.astype(np.float64) + delta
             inits[bias].CopyFrom(nh.from_array(value.astype(np.float32), bias))
+            changes[node.name] = (bias, original.copy())
         else:  # a Conv/Gemm without bias gets one
             name = f"{node.name}_bias_correction"
             model.graph.initializer.append(nh.from_array(delta.astype(np.float32), name))
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = name
+            changes[node.name] = (name, None)
     log.info("bias correction: %d layers corrected", len(layers))
-    return len(layers)
+    return changes
+
+
+def restore_biases(model: onnx.ModelProto, changes: BiasChanges) -> int:
+    """Give the layers of `changes` their biases from before the correction (in place): for layers
+    that stay float32. A bias the correction added becomes zeros. Returns how many were restored."""
+    inits = {i.name: i for i in model.graph.initializer}
+    done = 0
+    for bias, original in changes.values():
+        if bias not in inits:
+            continue
+        value = original if original is not None else np.zeros_like(nh.to_array(inits[bias]))
+        inits[bias].CopyFrom(nh.from_array(value.astype(np.float32), bias))
+        done += 1
+    return done

@@ -50,9 +50,10 @@ from edge_search.transforms.quantize.static import prepare_dynamic, prepare_stat
 
 log = logging.getLogger(__name__)
 
-INT8_METHOD = 2
+INT8_METHOD = 4
 """Version of the int8 method (part of the cache key): 2 = own calibration, float MatMul outputs,
-bias correction / CLE / SmoothQuant knobs (issue 14)."""
+bias correction / CLE / SmoothQuant knobs (issue 14); 3 = layers kept in float32 get their
+uncorrected biases back; 4 = and are shielded from ORT's load-time weight quantisation."""
 INT8_KNOBS = ("calibration_percentile", "activation_symmetric", "bias_correction", "cross_layer_equalization",
               "smooth_quant", "smooth_quant_alpha", "quantize_matmul_outputs", "activation_type")
 """Knobs that change an int8 model (besides the older ones); in its cache key."""

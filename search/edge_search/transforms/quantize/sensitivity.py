@@ -58,7 +58,7 @@ from edge_search.transforms.quantize.static import prepare_static, quantize_prep
 
 log = logging.getLogger(__name__)
 
-SENSITIVITY_VERSION = 3
+SENSITIVITY_VERSION = 5
 """Bump when the method changes: it is part of the cache key."""
 QUANTISABLE_OPS = ("Conv", "MatMul", "Gemm")
 """Op types that are ranked (the weight-carrying ops int8 speeds up)."""

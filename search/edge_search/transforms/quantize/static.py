@@ -9,7 +9,9 @@ once per candidate), always from the same prepared model and ranges.
 4. `bias_correction` (`bias_correction`): ORT quantises once to learn the deployed weights, then
    the biases absorb the mean error, and the corrected model is calibrated again.
 
-`quantize_prepared` then runs `quantize_static` on the prepared model with the cached ranges.
+`quantize_prepared` then runs `quantize_static` on the prepared model with the cached ranges; the
+layers it keeps in float32 get their biases from before the correction back, and are shielded from
+ONNX Runtime's load-time weight quantisation (`float_islands`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +58,8 @@ class PreparedModel:
     """Nodes that read or write a tensor that could not be calibrated."""
     steps: tuple[str, ...]
     """What was applied (for the log and the trial's record)."""
+    corrected: Mapping[str, tuple[str, np.ndarray | None]] = field(default_factory=dict, compare=False)
+    """Bias-corrected layers and their original biases (`bias_correction.restore_biases`)."""
 
 
 def _feeds(task: Task, model: Path, n: int) -> list[dict[str, np.ndarray]]:
@@ -86,19 +92,37 @@ def prepare_static(src: Path, workdir: Path, deploy: DeployConfig, task: Task) -
         probe = workdir / "weights-probe.onnx"
         prepared = PreparedModel(path, calibration, exclude, tuple(steps))
         quantize_prepared(prepared, probe, deploy.model_copy(update={"quant_format": "qdq"}), [])
-        if bias_correction.correct_biases(model, onnx.load(str(probe)), feeds):
+        corrected = bias_correction.correct_biases(model, onnx.load(str(probe)), feeds)
+        if corrected:
             steps.append("bias-correction")
             onnx.save(model, str(path))
             # the ranges must describe the model that is deployed (on Lite0: 0.92 -> 0.93 agreement)
             calibration = calibrate(path, task, deploy, workdir / "calibration.json")
             exclude = tuple(nodes_touching(model, calibration.unquantisable))
         probe.unlink()
+        return PreparedModel(path, calibration, exclude, tuple(steps), corrected)
     return PreparedModel(path, calibration, exclude, tuple(steps))
 
 
 def quantize_prepared(prepared: PreparedModel, dst: Path, deploy: DeployConfig, exclude: list[str]) -> None:
     """int8-static quantisation of a prepared model with its cached ranges; `exclude` (and the
-    nodes that could not be calibrated) stay float32."""
+    nodes that could not be calibrated) stay float32, with their biases from before bias correction."""
+    from edge_search.transforms.quantize.bias_correction import restore_biases
+
+    excluded = sorted({*exclude, *prepared.exclude})
+    restore = {n: prepared.corrected[n] for n in excluded if n in prepared.corrected}
+    if restore:
+        with tempfile.TemporaryDirectory(prefix="edge-search-restore-") as tmp:
+            model = onnx.load(str(prepared.path))
+            restore_biases(model, restore)
+            source = Path(tmp) / "prepared.onnx"
+            onnx.save(model, str(source))
+            _quantize(source, prepared, dst, deploy, excluded)
+    else:
+        _quantize(prepared.path, prepared, dst, deploy, excluded)
+
+
+def _quantize(source: Path, prepared: PreparedModel, dst: Path, deploy: DeployConfig, excluded: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -109,14 +133,20 @@ def quantize_prepared(prepared: PreparedModel, dst: Path, deploy: DeployConfig, 
         extra["OpTypesToExcludeOutputQuantization"] = MATMUL_OPS
     with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress; keep it off the CLI
         quantize_static(
-            str(prepared.path), str(dst), None,
+            str(source), str(dst), None,
             quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
             per_channel=deploy.per_channel, reduce_range=deploy.reduce_range,
             activation_type=QuantType.QInt8 if qdq and deploy.activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=method, op_types_to_quantize=OP_TYPES[deploy.quantize_op_types],
-            nodes_to_exclude=sorted({*exclude, *prepared.exclude}), extra_options=extra,
+            nodes_to_exclude=excluded, extra_options=extra,
             calibration_cache_path=str(prepared.calibration.cache))
+    if excluded:
+        from edge_search.transforms.quantize.float_islands import shield_float_nodes
+
+        model = onnx.load(str(dst))
+        if shield_float_nodes(model, excluded):
+            onnx.save(model, str(dst))
 
 
 def prepare_dynamic(src: Path, workdir: Path, deploy: DeployConfig) -> Path:
