@@ -74,15 +74,15 @@ def short(k: dict[str, Any]) -> str:
     """The knobs of a configuration in a few words."""
     parts = [str(k.get("precision", "fp32"))]
     if str(k.get("precision", "")).startswith("int8"):
-        if "quant_format" in k:
+        if "quant_format" in k and k["precision"] == "int8-static":
             parts.append(str(k["quant_format"]))
-        if "activation_type" in k:
+        if k.get("quant_format") == "qdq" and "activation_type" in k:  # QOperator activations are uint8
             parts.append(f"act {k['activation_type']}")
         if "per_channel" in k:
             parts.append("per-channel" if k["per_channel"] else "per-tensor")
-        if "calibration_method" in k:
+        if "calibration_method" in k and k["precision"] == "int8-static":
             parts.append(str(k["calibration_method"]))
-        if k.get("bias_correction") is not None:
+        if k.get("bias_correction") is not None and k["precision"] == "int8-static":
             parts.append("BC" if k["bias_correction"] else "no BC")
         if k.get("keep_fp32_top_k"):
             parts.append(f"top{k['keep_fp32_top_k']} fp32")
