@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_search.devices.emulation.reference_suite import import_torchvision
+from edge_search.devices.emulation.torchvision_import import import_torchvision
 
 
 def _tvm() -> Any:
