@@ -79,7 +79,8 @@ def test_run_logs_trials_front_and_pareto_json(workdir: Path, small_space: Path,
     assert main(["pareto", "--study", "digits-small-host", "--json"]) == 0
     front = json.loads(capsys.readouterr().out)
     assert front and set(front[0]) == {"trial", "params", "values", "mlflow_run_id", "latency_source",
-                                       "latency_ci_low_ms", "latency_ci_high_ms"}
+                                       "latency_ci_low_ms", "latency_ci_high_ms", "latency"}
+    assert {p["latency"]["source"] for p in front} == {"confirmed"}  # the run confirmed its front
     assert set(front[0]["values"]) == {"accuracy", "latency_ms", "size_mb"}
     assert {p["latency_source"] for p in front} == {"measured"}
     assert all(p["latency_ci_low_ms"] <= p["values"]["latency_ms"] <= p["latency_ci_high_ms"] for p in front)
