@@ -17,7 +17,7 @@ from tests.agent.conftest import pool_profile, start_agents
 
 pytestmark = pytest.mark.slow
 
-FIT_FAMILIES = ("squeezenet", "mobilenetv3", "shufflenetv2")
+FIT_FAMILIES = ("squeezenet", "mobilenetv3", "shufflenet")  # family names of the torchvision suite
 HELD_OUT = ("mobilenetv2", "efficientnet")
 
 
