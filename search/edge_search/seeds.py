@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_search.config import DEPLOY_KNOBS
-from edge_search.space import KnobSpec, SearchSpace, sampled_params
+from edge_search.space import KnobSpec, SearchSpace, knob_values, sampled_params
 
 INT8 = ("int8-static", "int8-dynamic")
 
@@ -48,18 +48,14 @@ class Seed:
 
 
 def allowed_values(spec: KnobSpec, cores: int) -> list[Any]:
-    """The values a knob spec allows, for picking: every value of a set or an integer range, the two
-    bounds of a float range."""
-    if spec.type == "fixed":
-        return [spec.value]
-    if spec.type == "categorical":
-        return list(spec.choices or ())
-    assert spec.low is not None and spec.high is not None
-    high = cores if spec.high == "cores" else spec.high
-    if spec.type == "int":
-        step = int(spec.step or 1)
-        return list(range(int(spec.low), int(high) + 1, step))
-    return [float(spec.low), float(high)]
+    """The values a knob spec allows, for picking: every value of a set or an integer range
+    (`space.knob_values`), the two bounds of a float range."""
+    if spec.type == "float":
+        assert spec.low is not None and spec.high is not None
+        return [float(spec.low), float(cores if spec.high == "cores" else spec.high)]
+    values = knob_values(spec, cores)
+    assert values is not None  # only a float range can be continuous
+    return values
 
 
 def _contains(spec: KnobSpec, value: Any, cores: int) -> bool:

@@ -444,7 +444,7 @@ def suggest_config(space: SearchSpace, trial: Any, cores: int) -> dict[str, dict
 RawConfig = dict[str, dict[str, Any]]
 
 
-def _knob_values(spec: KnobSpec, cores: int) -> list[Any] | None:
+def knob_values(spec: KnobSpec, cores: int) -> list[Any] | None:
     """Every value a knob can take, or None when it has too many (a continuous range)."""
     if spec.type == "fixed":
         return [spec.value]
@@ -472,7 +472,7 @@ def enumerate_space(space: SearchSpace, cores: int, limit: int = 20_000) -> list
     def section(knobs: Mapping[str, KnobSpec]) -> list[dict[str, Any]] | None:
         out: list[dict[str, Any]] = [{}]
         for name, spec in knobs.items():
-            values = _knob_values(spec, cores)
+            values = knob_values(spec, cores)
             if values is None:
                 return None
             grown: list[dict[str, Any]] = []
