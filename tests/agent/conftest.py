@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pytest
 from onnx import TensorProto, helper
 
+from edge_search.testing.chaos import free_port
 from tests.devices.tiny_conv import tiny_conv
 
 TOKEN = "test-token-0123456789abcdef"
@@ -59,14 +59,6 @@ def custom_op_model() -> bytes:
 def tiny_model(tmp_path: Path) -> Path:
     """A small valid conv net (a few KB)."""
     return tiny_conv(tmp_path / "tiny.onnx", size=16, channels=8)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

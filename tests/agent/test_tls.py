@@ -18,7 +18,8 @@ import pytest
 from cryptography import x509  # the dev extra: certificates are made in the test
 
 from edge_search.cli import main
-from tests.agent.conftest import TOKEN, auth, free_port
+from edge_search.testing.chaos import free_port
+from tests.agent.conftest import TOKEN, auth
 
 
 def _ca(folder: Path, name: str) -> tuple[object, object]:
