@@ -233,7 +233,6 @@ def _quantize(src: Path, dst: Path, shape: tuple[int, ...]) -> None:
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns about pre-processing on the root logger
     rng = np.random.default_rng(0)
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -247,8 +246,14 @@ def _quantize(src: Path, dst: Path, shape: tuple[int, ...]) -> None:
             return {"input": rng.standard_normal(shape).astype(np.float32)}
 
     tmp = dst.with_suffix(".tmp.onnx")
-    quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser warns about pre-processing on the root logger
+    try:
+        quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)  # the process's logging is not ours to keep changed (it hid later warnings)
     tmp.replace(dst)
 
 
