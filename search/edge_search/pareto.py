@@ -28,6 +28,9 @@ class ParetoPoint:
     """``measured`` or ``emulated`` (a prediction); None for a trial recorded without it."""
     latency_interval_ms: tuple[float, float] | None = None
     """The latency's interval: the CI of the median when measured, the calibrated band when emulated."""
+    sampled: frozenset[str] | None = None
+    """The knobs the search chose for this trial (``deploy.precision``, ...); `params` also holds the
+    defaults of knobs that do not apply to it (``calibration_method`` on fp32); None where unknown."""
 
     def to_json(self) -> dict[str, Any]:
         lo, hi = self.latency_interval_ms or (None, None)
@@ -124,7 +127,7 @@ def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
                    "ci_high_ms": lat.get("ci_high_ms"), "source": "confirmed" if fig is not None else "search",
                    "rounds": int(fig.get("rounds", 0)) if fig is not None else 0,
                    "warnings": list(lat.get("warnings") or [])} if lat else None
-        points.append(ParetoPoint(trial=t.number, params=record.config_params,
+        points.append(ParetoPoint(trial=t.number, params=record.config_params, sampled=frozenset(t.params),
                                   values=dict(zip(names, values_with(t, names, fig), strict=True)),
                                   mlflow_run_id=record.run_id, latency=latency,
                                   latency_source=record.latency_source or record.latency.get("source"),

@@ -183,8 +183,8 @@ def _host_factory() -> Device:
     return create_device(get_profile("host"), warmup_max_s=0.5, min_measure_s=0.3)
 
 
-def _real_spec(models: dict[str, Path], candidate: str, rounds: int) -> BudgetsFile:
-    data = {"schema_version": 1, "measurement": {"min_rounds": rounds, "max_rounds": rounds},
+def _real_spec(models: dict[str, Path], candidate: str, rounds: int, max_rounds: int | None = None) -> BudgetsFile:
+    data = {"schema_version": 1, "measurement": {"min_rounds": rounds, "max_rounds": max_rounds or rounds},
             "models": [{"name": candidate, "model": str(models[candidate]),
                         "baseline_model": str(models["ref"]), "budgets": {"latency_ms": "+5%"}}]}
     return parse_budgets(data, "budgets.yaml")
@@ -202,8 +202,11 @@ def test_identical_model_never_fails_a_relative_budget_5_of_5(real_models: dict[
 
 
 def test_genuinely_slower_model_fails_a_relative_budget(real_models: dict[str, Path]) -> None:
-    """A side branch with half the main chain's FLOPs (~+50 % work) must fail a +5 % budget."""
-    result = run_check(_real_spec(real_models, "slower", 4), _host_factory, device_name="host")
+    """A side branch with half the main chain's FLOPs (~+50 % work) must fail a +5 % budget.
+
+    With the adaptive extension a user has (up to 10 rounds): on a loaded runner 4 rounds could only
+    say "cannot tell" (ratio CI [1.03, 1.88] once in CI), which is right for 4 rounds, not the point here."""
+    result = run_check(_real_spec(real_models, "slower", 4, max_rounds=10), _host_factory, device_name="host")
     d = result.decisions[0]
     assert d.status == "fail", d.message
     assert result.exit_code == 1

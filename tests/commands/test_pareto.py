@@ -46,3 +46,19 @@ def test_unknown_study_lists_the_ones_there(workdir: Path, capsys: pytest.Captur
     assert main(["pareto", "--study", "missing"]) == 2
     assert "no study named 'missing' (studies: real)" in _one_line(capsys)
     assert (workdir / "edge-search.db").read_bytes() == before
+
+
+def test_front_table_shows_a_dash_for_knobs_a_configuration_did_not_choose(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_search.commands.pareto import print_front
+    from edge_search.pareto import ParetoPoint
+
+    def point(trial: int, precision: str, method: str, sampled: set[str]) -> ParetoPoint:
+        return ParetoPoint(trial=trial, params={"deploy.precision": precision, "deploy.calibration_method": method},
+                           values={"accuracy": 0.9 + trial / 100, "latency_ms": 1.0 + trial}, mlflow_run_id=None,
+                           sampled=frozenset(sampled))
+
+    print_front([point(0, "fp32", "minmax", {"deploy.precision"}),  # minmax: the default, not chosen
+                 point(1, "int8-static", "entropy", {"deploy.precision", "deploy.calibration_method"})])
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 3}
+    assert "minmax" not in rows["0"] and "-" in [c.strip() for c in rows["0"].split("│")]
+    assert "entropy" in rows["1"]

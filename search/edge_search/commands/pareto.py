@@ -63,7 +63,7 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
         table.add_column(k.split(".", 1)[1])
     for p in sorted(points, key=lambda p: p.values[names[-1]]):
         row = [str(p.trial), *(f"{p.values[n]:.4g}" for n in names), latency_label(p.latency_source), _interval(p),
-               *(_short(p.params.get(k)) for k in varying)]
+               *(_short(p.params.get(k) if p.sampled is None or k in p.sampled else None) for k in varying)]
         table.add_row(*row)
     Console(file=sys.stdout, width=200 if not sys.stdout.isatty() else None).print(table)
 
@@ -79,6 +79,9 @@ def _interval(p: ParetoPoint) -> str:
 
 
 def _short(v: object) -> str:
+    """A knob's value; ``-`` where the knob does not apply to that configuration (e.g. int8 knobs on fp32)."""
+    if v is None:
+        return "-"
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 

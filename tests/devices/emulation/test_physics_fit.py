@@ -216,3 +216,32 @@ def test_the_shipped_profiles_predict_what_the_fit_predicts() -> None:
             shipped = predict_work(p, work, prec, n, runtime=rt).median_ms
             fitted = F.predict(res, [obs_for(p, work, path, prec, rt, n)], level="runtime")[0]
             assert shipped == pytest.approx(fitted, rel=0.01), (name, path, prec, rt)
+
+
+def test_work_of_a_graph_whose_padding_is_computed_at_run_time(tmp_path: Path) -> None:
+    """TF-style "same" padding exported with a dynamic batch computes its pads from ``Shape`` at run
+    time; ONNX shape inference leaves the convolutions unsized, so the work must come from the graph
+    as ONNX Runtime folds it (a pretrained EfficientNet-Lite0 was predicted at 1/200 of its work)."""
+    import warnings
+
+    import torch
+
+    from edge_search.devices.emulation.opclass import _Graph
+
+    net = torch.nn.Sequential(torch.nn.ZeroPad2d((0, 1, 0, 1)), torch.nn.Conv2d(3, 16, 3, stride=2),
+                              torch.nn.ZeroPad2d((1, 1, 1, 1)), torch.nn.Conv2d(16, 16, 3)).eval()
+    paths = {}
+    for name, axes in (("static", None), ("dynamic", {"x": {0: "batch"}})):
+        paths[name] = tmp_path / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.randn(1, 3, 64, 64),), str(paths[name]), input_names=["x"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+    import onnx
+
+    if not _Graph(onnx.load(str(paths["dynamic"]))).unresolved:
+        pytest.skip("this torch exports the padding as constants: nothing to fold")
+    static, dynamic = model_work(paths["static"]), model_work(paths["dynamic"])
+    expected = 2 * 16 * 32 * 32 * 27 / 1e9 + 2 * 16 * 32 * 32 * 144 / 1e9
+    assert static.work["convk"] + static.work["conv3"] == pytest.approx(expected)
+    assert dynamic.work["convk"] + dynamic.work["conv3"] == pytest.approx(expected)

@@ -195,7 +195,8 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
                     extra = " (int8: the fp16 efficiency at the int8 peak, no int8 GPU data)" if prec == "int8" else ""
                     params[f"gpu.{rt}.eff.{prec}.{g}"] = Sourced(value=round(math.exp(lg), 6),
                                                                  source=f"{rt}, fraction of peak{extra}; {gsrc}")
-            o = _val(res, f"overhead.{d}.gpu") + (0.0 if ref else _val(res, f"overhead_rt.{rt}.gpu"))
+            o = (_val(res, "overhead.gpu") + _val(res, f"overhead_dev.{d}.gpu")
+                 + (0.0 if ref else _val(res, f"overhead_rt.{rt}.gpu") + _val(res, f"overhead_rt_dev.{rt}.{d}.gpu")))
             nd = _val(res, f"node.{d}.gpu") + (0.0 if ref else _val(res, f"node_rt.{rt}.gpu"))
             params[f"gpu.{rt}.overhead_ms"] = Sourced(value=round(math.exp(o), 5), source=f"{rt}; {gsrc}")
             params[f"gpu.{rt}.node_us"] = Sourced(value=round(math.exp(nd), 4), source=f"{rt}; {gsrc}")

@@ -173,13 +173,19 @@ class _Graph:
         self.init = {t.name: t for t in g.initializer}
         self.shape: dict[str, tuple[int, ...]] = {}
         self.dtype: dict[str, int] = {}
+        partial = set()  # a dimension past the batch that inference left unknown
         for vi in [*g.input, *g.output, *g.value_info]:
             tt = vi.type.tensor_type
             self.dtype[vi.name] = tt.elem_type
             if tt.HasField("shape"):
-                self.shape[vi.name] = tuple(
-                    d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim
-                )
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 0 for d in tt.shape.dim]
+                self.shape[vi.name] = tuple(d or 1 for d in dims)
+                if 0 in dims[1:]:
+                    partial.add(vi.name)
+        self.unresolved = [n.output[0] for n in g.node if n.op_type in _CONV_OPS | _GEMM_OPS and n.output
+                           and (n.output[0] in partial or n.output[0] not in self.shape)]
+        """Outputs of compute nodes whose shape inference could not size (e.g. padding computed from
+        ``Shape`` at run time, as TF-style "same" padding exports do): their work would count as 1 x 1."""
         for t in g.initializer:
             self.shape[t.name] = tuple(int(d) for d in t.dims)
             self.dtype[t.name] = t.data_type
@@ -307,9 +313,60 @@ def _with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
 
 
 def load_graph(model_path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> _Graph:
-    """The model's graph with inferred shapes (weights are not needed, only their shapes)."""
+    """The model's graph with inferred shapes (weights are not needed, only their shapes).
+
+    Where ONNX shape inference cannot size a compute node's output (shapes computed at run time),
+    the sizes come from the graph as ONNX Runtime folds it (`_folded_shapes`)."""
     model = onnx.load(str(model_path), load_external_data=False)
-    return _Graph(_with_shapes(model, shapes))
+    g = _Graph(_with_shapes(model, shapes))
+    if g.unresolved:
+        for name, shape in _folded_shapes(Path(model_path), shapes).items():
+            if name not in g.shape or name in g.unresolved or 1 in g.shape[name][1:]:
+                g.shape[name] = shape
+        g.unresolved = [t for t in g.unresolved if t not in g.shape or 1 in g.shape[t][2:]]
+    return g
+
+
+def _folded_shapes(model_path: Path, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the model after ONNX Runtime's basic optimisations (constant folding of
+    ``Shape``-computed paddings and reshapes, with the inputs fixed to `shapes`, symbolic dimensions
+    at 1), by tensor name; empty where ONNX Runtime cannot load the model.
+
+    ONNX's own data propagation does not fold these subgraphs (ConstantOfShape, Transpose, Reshape of
+    data), ONNX Runtime's constant folding does; only shapes are taken from the folded graph, so the
+    node count and classes stay those of the original graph."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    for vi in model.graph.input:
+        fixed = (shapes or {}).get(vi.name)
+        for i, d in enumerate(vi.type.tensor_type.shape.dim):
+            if fixed is not None and i < len(fixed):
+                d.Clear()
+                d.dim_value = int(fixed[i])
+            elif not d.HasField("dim_value") or d.dim_value <= 0:
+                d.Clear()
+                d.dim_value = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(Path(tmp) / "folded.onnx")
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            folded = shape_inference.infer_shapes(onnx.load(so.optimized_model_filepath, load_external_data=False))
+        except Exception:  # a model ORT cannot load keeps the inferred shapes it has
+            return {}
+    out = {}
+    for vi in [*folded.graph.input, *folded.graph.output, *folded.graph.value_info]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            dims = [d.dim_value for d in tt.shape.dim]
+            if dims and all(d > 0 for d in dims):
+                out[vi.name] = tuple(dims)
+    return out
 
 
 def graph_costs(model_path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> list[NodeCost]:
