@@ -47,7 +47,9 @@ def print_front(points: Sequence[ParetoPoint]) -> None:
     names = list(points[0].values)
     deploy_keys = sorted({k for p in points for k in p.params if k.startswith("deploy.")})
     train_keys = sorted({k for p in points for k in p.params if k.startswith("train.")})
-    varying = [k for k in deploy_keys + train_keys if len({str(p.params.get(k)) for p in points}) > 1]
+    always = ("deploy.execution_provider", "deploy.precision")  # where it runs and how, even when all agree
+    varying = [k for k in deploy_keys + train_keys
+               if k in always or len({str(p.params.get(k)) for p in points}) > 1]
     confirmed = any(p.latency and p.latency["source"] == "confirmed" for p in points)
     emulated = any(p.latency_source == "emulated" for p in points)
     caption = ("latency PREDICTED (emulated), not measured: the interval is the device profile's calibrated "

@@ -190,7 +190,8 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
             for prec in ("fp32", "fp16", "int8"):
                 for g in F.RT_GROUPS:
                     gp = prec if prec != "int8" else "fp16"
-                    lg = (_val(res, f"eff.gpu.{gp}.{g}") + _val(res, f"dev.{d}.gpu")
+                    lg = (_val(res, f"eff.gpu.fp32.{g}") + (0.0 if gp == "fp32" else _val(res, f"q.gpu.{gp}.{g}"))
+                          + _val(res, f"dev.{d}.gpu")
                           + (0.0 if ref else _val(res, f"rt.{rt}.gpu.{g}") + _val(res, f"rt.{rt}.gpu.{gp}")))
                     extra = " (int8: the fp16 efficiency at the int8 peak, no int8 GPU data)" if prec == "int8" else ""
                     params[f"gpu.{rt}.eff.{prec}.{g}"] = Sourced(value=round(math.exp(lg), 6),

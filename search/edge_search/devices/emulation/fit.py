@@ -19,6 +19,10 @@ The model (one for every device and path, fitted jointly to all published rows):
   fitted ratio per core kind (with or without an int8 dot-product instruction, `PRIOR_INT8_RATIO`),
   plus device terms; the other runtimes have their own ratio and class pattern (``q_rt``), so ncnn's
   or XNNPACK's int8 speed-ups do not become ONNX Runtime's;
+- fp16 on the GPU is tied to fp32 the same way (``q.gpu.fp16.<group>``, prior ratio 1 with log sd 0.3:
+  the same share of the doubled peak), and a runtime's own precision term (``rt.<r>.gpu.fp16``) is
+  wide: OpenCV's CUDA fp16 is 4.5x slower than its fp32 on the Nano, which with independent fp16
+  efficiencies made ONNX Runtime's fp16 depthwise 7x less efficient than fp32 (fp16 slower than fp32);
 - a benchmark effect per non-reference benchmark (source x runtime x device x path x precision:
   one setup, OS, clock and timing method), normal with a spread tau estimated from the data
   (`estimate_tau`): a held-out family of a known benchmark is predicted with its effect, a new setup
@@ -61,7 +65,8 @@ PRIOR_EFF_GPU = {"conv3": 0.3, "dense": 0.3, "depthwise": 0.05, "memory": 0.3}
 PRIOR_SD = {"eff": 1.0, "dev": 0.5, "dev_prec": 0.3, "devclass": 0.25, "devclass_prec": 0.15, "rt": 0.7,
             "rt_prec": 0.5, "rt_prec_group": 0.25, "eta": 1.0, "eta_rt": 0.7, "overhead": 1.5, "overhead_dev": 0.5,
             "overhead_rt_dev": 0.7, "node": 1.5,
-            "node_rt": 1.0, "int8": 0.4, "int8_other": 0.5, "int8_class": 0.3, "gpu_rt_prec": 0.5}
+            "node_rt": 1.0, "int8": 0.4, "int8_other": 0.5, "int8_class": 0.3, "gpu_rt_prec": 1.0,
+            "gpu_fp16": 0.3}
 PRIOR_ETA = {"compute": 0.8, "memory": 0.4}
 PRIOR_OVERHEAD_MS = {"cpu": 0.2, "gpu": 1.0}
 PRIOR_NODE_US = {"cpu": 10.0, "gpu": 30.0}
@@ -186,9 +191,11 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
         else:
             gp = "fp16" if p == "int8" else p  # no int8 GPU rows: int8 is the fp16 efficiency at the int8 peak
             terms = [
-                pr.get(f"eff.gpu.{gp}.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
+                pr.get(f"eff.gpu.fp32.{g}", math.log(PRIOR_EFF_GPU[g]), PRIOR_SD["eff"]),
                 pr.get(f"dev.{d}.gpu", 0.0, PRIOR_SD["dev"]),
             ]
+            if gp != "fp32":  # fp16 tied to fp32: the same share of the doubled peak (half the bytes moved)
+                terms.append(pr.get(f"q.gpu.{gp}.{g}", 0.0, PRIOR_SD["gpu_fp16"]))
             if not ref:
                 m, s = PRIOR_RT_GPU.get(o.runtime, (0.0, PRIOR_SD["rt"]))
                 terms += [pr.get(f"rt.{o.runtime}.gpu.{g}", m, s),
