@@ -62,6 +62,8 @@ def test_calibrate_through_the_agent_then_predict_held_out_families(
                     real = min(measured.measure(req).median_ms for _ in range(2))
                     results.append((m.name, threads, pred.median_ms, real, pred.ci_low_ms, pred.ci_high_ms))
         inside = [lo <= real <= hi for *_, real, lo, hi in results]
-        assert all(inside), (band, results)
+        # the band is a quantile of held-out errors, not a bound: all four inside would be asked of an
+        # 85 % band only with luck (and a loaded machine moves the measured side); one may fall outside
+        assert sum(inside) >= len(inside) - 1, (band, results)
     finally:
         agent.kill()

@@ -315,31 +315,25 @@ def _with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
 def load_graph(model_path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> _Graph:
     """The model's graph with inferred shapes (weights are not needed, only their shapes).
 
-    Where ONNX shape inference cannot size a compute node's output (shapes computed at run time),
-    the sizes come from the graph as ONNX Runtime folds it (`_folded_shapes`)."""
+    Where ONNX shape inference cannot size a compute node's output, the sizes come from ONNX
+    Runtime's symbolic shape inference (`_symbolic_shapes`: it knows the com.microsoft ops of
+    QOperator graphs, after which ONNX's own inference stops), else from the graph as ONNX Runtime
+    folds it (`_folded_shapes`: shapes computed at run time from ``Shape``)."""
     model = onnx.load(str(model_path), load_external_data=False)
     g = _Graph(_with_shapes(model, shapes))
-    if g.unresolved:
-        for name, shape in _folded_shapes(Path(model_path), shapes).items():
+    for source in (lambda: _symbolic_shapes(model, shapes), lambda: _folded_shapes(Path(model_path), shapes)):
+        if not g.unresolved:
+            break
+        for name, shape in source().items():
             if name not in g.shape or name in g.unresolved or 1 in g.shape[name][1:]:
                 g.shape[name] = shape
         g.unresolved = [t for t in g.unresolved if t not in g.shape or 1 in g.shape[t][2:]]
     return g
 
 
-def _folded_shapes(model_path: Path, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of the model after ONNX Runtime's basic optimisations (constant folding of
-    ``Shape``-computed paddings and reshapes, with the inputs fixed to `shapes`, symbolic dimensions
-    at 1), by tensor name; empty where ONNX Runtime cannot load the model.
-
-    ONNX's own data propagation does not fold these subgraphs (ConstantOfShape, Transpose, Reshape of
-    data), ONNX Runtime's constant folding does; only shapes are taken from the folded graph, so the
-    node count and classes stay those of the original graph."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
+def _fix_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:
+    """A copy of `model` whose inputs have the dimensions of `shapes`, symbolic ones at 1."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     for vi in model.graph.input:
         fixed = (shapes or {}).get(vi.name)
         for i, d in enumerate(vi.type.tensor_type.shape.dim):
@@ -349,6 +343,46 @@ def _folded_shapes(model_path: Path, shapes: dict[str, tuple[int, ...]] | None) 
             elif not d.HasField("dim_value") or d.dim_value <= 0:
                 d.Clear()
                 d.dim_value = 1
+    return model
+
+
+def _known_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            dims = [d.dim_value for d in tt.shape.dim]
+            if dims and all(d > 0 for d in dims):
+                out[vi.name] = tuple(dims)
+    return out
+
+
+def _symbolic_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from ONNX Runtime's symbolic shape inference (the tool ONNX Runtime ships for
+    models ONNX's inference cannot size), inputs fixed as in `_fix_inputs`; empty where it fails."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(_fix_inputs(model, shapes), auto_merge=True,
+                                                       guess_output_rank=True)
+    except Exception:  # an op it does not know: the next source is tried
+        return {}
+    return _known_shapes(inferred) if inferred is not None else {}
+
+
+def _folded_shapes(model_path: Path, shapes: dict[str, tuple[int, ...]] | None) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the model after ONNX Runtime's basic optimisations (constant folding of
+    ``Shape``-computed paddings and reshapes, inputs fixed as in `_fix_inputs`), by tensor name;
+    empty where ONNX Runtime cannot load the model.
+
+    ONNX's own data propagation does not fold these subgraphs (ConstantOfShape, Transpose, Reshape of
+    data), ONNX Runtime's constant folding does; only shapes are taken from the folded graph, so the
+    node count and classes stay those of the original graph."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    model = _fix_inputs(onnx.load(str(model_path)), shapes)
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -359,14 +393,7 @@ def _folded_shapes(model_path: Path, shapes: dict[str, tuple[int, ...]] | None) 
             folded = shape_inference.infer_shapes(onnx.load(so.optimized_model_filepath, load_external_data=False))
         except Exception:  # a model ORT cannot load keeps the inferred shapes it has
             return {}
-    out = {}
-    for vi in [*folded.graph.input, *folded.graph.output, *folded.graph.value_info]:
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            dims = [d.dim_value for d in tt.shape.dim]
-            if dims and all(d > 0 for d in dims):
-                out[vi.name] = tuple(dims)
-    return out
+    return _known_shapes(folded)
 
 
 def graph_costs(model_path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> list[NodeCost]:
