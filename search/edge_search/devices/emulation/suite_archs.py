@@ -424,6 +424,24 @@ def mobilenet_v1_ssd() -> nn.Module:
     return SSDHead(bb, [len(bb) - 5, len(bb) - 1], [512, 1024], [512, 256, 256, 128])
 
 
+class MBConvReLU6(nn.Module):
+    """Inverted residual without SE, ReLU6 (MobileNetV2 / EfficientNet-Lite): 1x1 expand (when e > 1),
+    k x k depthwise at stride s, linear 1x1 project; identity skip when the shape is kept."""
+
+    def __init__(self, ci: int, co: int, s: int, e: int, k: int = 3) -> None:
+        super().__init__()
+        mid = ci * e
+        layers = [cbr(ci, mid, 1, act=nn.ReLU6)] if e != 1 else []
+        layers.append(cbr(mid, mid, k, s, g=mid, act=nn.ReLU6))
+        layers += [nn.Conv2d(mid, co, 1, bias=False), nn.BatchNorm2d(co)]
+        self.body = nn.Sequential(*layers)
+        self.res = s == 1 and ci == co
+
+    def forward(self, x: Any) -> Any:
+        y = self.body(x)
+        return x + y if self.res else y
+
+
 def squeezenet_ssd() -> nn.Module:
     """SqueezeNet-SSD: torchvision SqueezeNet 1.1 features + SSD heads."""
     feats = _tvm().squeezenet1_1().features
@@ -433,26 +451,12 @@ def squeezenet_ssd() -> nn.Module:
 def ssd_mobilenet_v2() -> nn.Module:
     """SSD-MobileNetV2-320-like: MobileNetV2 backbone, four depthwise-separable extras, SSDLite head."""
 
-    class MBConv(nn.Module):
-        def __init__(self, ci: int, co: int, s: int, e: int) -> None:
-            super().__init__()
-            mid = ci * e
-            layers = [cbr(ci, mid, 1, act=nn.ReLU6)] if e != 1 else []
-            layers.append(cbr(mid, mid, 3, s, g=mid, act=nn.ReLU6))
-            layers += [nn.Conv2d(mid, co, 1, bias=False), nn.BatchNorm2d(co)]
-            self.body = nn.Sequential(*layers)
-            self.res = s == 1 and ci == co
-
-        def forward(self, x: Any) -> Any:
-            y = self.body(x)
-            return x + y if self.res else y
-
     cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
     layers: list[nn.Module] = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
     ci = 32
     for e, c, n, s in cfg:
         for r in range(n):
-            layers.append(MBConv(ci, c, s if r == 0 else 1, e))
+            layers.append(MBConvReLU6(ci, c, s if r == 0 else 1, e))
             ci = c
     layers.append(cbr(ci, 1280, 1, act=nn.ReLU6))
     extra = [
@@ -500,20 +504,6 @@ def _effnet_lite_features(width: float, depth: float) -> tuple[nn.Module, int]:
     def ch(c: int) -> int:
         return max(8, int(c * width + 4) // 8 * 8)
 
-    class MBConv(nn.Module):
-        def __init__(self, ci: int, co: int, s: int, e: int, k: int) -> None:
-            super().__init__()
-            mid = ci * e
-            layers = [cbr(ci, mid, 1, act=nn.ReLU6)] if e != 1 else []
-            layers.append(cbr(mid, mid, k, s, g=mid, act=nn.ReLU6))
-            layers += [nn.Conv2d(mid, co, 1, bias=False), nn.BatchNorm2d(co)]
-            self.body = nn.Sequential(*layers)
-            self.res = s == 1 and ci == co
-
-        def forward(self, x: Any) -> Any:
-            y = self.body(x)
-            return x + y if self.res else y
-
     cfg = [(1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
            (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)]
     layers: list[nn.Module] = [cbr(3, 32, 3, 2, act=nn.ReLU6)]
@@ -521,7 +511,7 @@ def _effnet_lite_features(width: float, depth: float) -> tuple[nn.Module, int]:
     for i, (e, c, n, s, k) in enumerate(cfg):
         reps = n if i in (0, 6) else max(1, round(n * depth))
         for r in range(reps):
-            layers.append(MBConv(ci, ch(c), s if r == 0 else 1, e, k))
+            layers.append(MBConvReLU6(ci, ch(c), s if r == 0 else 1, e, k))
             ci = ch(c)
     return nn.Sequential(*layers), ci
 
