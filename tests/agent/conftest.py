@@ -16,7 +16,7 @@ import httpx
 import pytest
 from onnx import TensorProto, helper
 
-from edge_search.testing.chaos import free_port
+from edge_search.testing.chaos import free_port, write_pool_profile
 from tests.devices.tiny_conv import tiny_conv
 
 TOKEN = "test-token-0123456789abcdef"
@@ -132,21 +132,7 @@ def agent_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
 def pool_profile(folder: Path, urls: list[str], token_file: Path, name: str = "pool-test") -> Path:
     """A device profile YAML for an agent pool (the host's CPU description, method agent)."""
     folder.mkdir(parents=True, exist_ok=True)
-    agents = "\n".join(f'    - {{url: "{u}", token_file: "{token_file}"}}' for u in urls)
-    path = folder / f"{name}.yaml"
-    path.write_text(f"""\
-schema_version: 1
-name: {name}
-description: two agents on loopback (test)
-cpu: {{architecture: x86_64, core_type: vcpu, cores: 2, clock_ghz: 2.5}}
-memory: {{ram_mb: 8192, bandwidth_gb_s: 10, reserve_mb: 512}}
-precisions: [fp32, int8]
-latency:
-  method: agent
-  agents:
-{agents}
-""")
-    return path
+    return write_pool_profile(folder / f"{name}.yaml", urls, token_file, "two agents on loopback (test)")
 
 
 __all__ = ["TOKEN", "AgentProcess", "auth", "custom_op_model", "external_data_model", "pool_profile",

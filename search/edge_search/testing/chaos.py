@@ -59,6 +59,25 @@ Signal = Literal["kill", "stop"]
 State = Literal["up", "stopped", "down", "done"]
 
 
+def write_pool_profile(path: Path, urls: list[str], token_file: Path, description: str) -> Path:
+    """Write a device profile for a pool of agents on this machine (this 2-core host's description,
+    method agent) at `path`, named after its file; returns `path`."""
+    agents = "\n".join(f'    - {{url: "{u}", token_file: "{token_file}"}}' for u in urls)
+    path.write_text(f"""\
+schema_version: 1
+name: {path.stem}
+description: {description}
+cpu: {{architecture: x86_64, core_type: vcpu, cores: 2, clock_ghz: 2.5}}
+memory: {{ram_mb: 8192, bandwidth_gb_s: 10, reserve_mb: 512}}
+precisions: [fp32, int8]
+latency:
+  method: agent
+  agents:
+{agents}
+""")
+    return path
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -255,19 +274,8 @@ class ChaosSoak:
             self.procs.append(Proc(f"agent{i}", "agent", cmd, self.env, self.root / f"agent{i}.log"))
         self.profiles = self.root / "profiles"
         self.profiles.mkdir(exist_ok=True)
-        agents = "\n".join(f'    - {{url: "http://127.0.0.1:{p}", token_file: "{token}"}}' for p in self.ports)
-        (self.profiles / "soak-pool.yaml").write_text(f"""\
-schema_version: 1
-name: soak-pool
-description: the chaos soak's loopback agents (this machine)
-cpu: {{architecture: x86_64, core_type: vcpu, cores: 2, clock_ghz: 2.5}}
-memory: {{ram_mb: 8192, bandwidth_gb_s: 10, reserve_mb: 512}}
-precisions: [fp32, int8]
-latency:
-  method: agent
-  agents:
-{agents}
-""")
+        write_pool_profile(self.profiles / "soak-pool.yaml", [f"http://127.0.0.1:{p}" for p in self.ports], token,
+                           "the chaos soak's loopback agents (this machine)")
         for i in range(cfg.workers):
             self.procs.append(Proc(f"worker{i}", "worker", self.run_cmd(cfg.trials, seed=cfg.seed + i), self.env,
                                    self.root / f"worker{i}.log"))
