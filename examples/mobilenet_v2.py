@@ -7,6 +7,8 @@ a realistic range for quantisation. Quality is fidelity to the fp32 export (`fid
 `fidelity_cosine`, ...). Note that random weights give near-tied logits, so top-1 agreement is a
 harsh test for int8 here; a trained network has wider margins. Bring real data by returning it
 (and `labels`) from your own `build`.
+This is a latency workload, not a quality reference: judge int8 and mixed precision on real weights
+with `examples/pretrained_efficientnet_lite.py` (pretrained EfficientNet-Lite, real photos).
 
     task: {name: torch, options: {builder: "examples.mobilenet_v2:build"}}
 """

@@ -5,6 +5,8 @@
 1. Exports a MobileNetV2-style CNN at 224x224 (examples/mobilenet_v2.py: random weights, BatchNorm
    re-estimated) and a small transformer encoder (examples/transformer_encoder.py) to
    examples/out/*.onnx, each with an .npz of 96 inputs (no labels: fidelity to fp32 is the metric).
+   Random weights make these latency workloads, not quality references: for int8 and mixed-precision
+   quality use examples/pretrained_efficientnet_lite.py (pretrained weights, real photos).
 2. Runs the equivalent of `edge-search run --device host --space ...` on examples/mobilenet_v2_onnx.yaml and
    examples/transformer_onnx.yaml (stores under examples/out/).
 3. Prints each front and the measured speed-up of the fastest batch-1 configuration with
