@@ -36,9 +36,6 @@ def test_the_issues_baselines_in_order() -> None:
     common = {"graph_optimization": "all"}
     assert got == [
         ("ONNX Runtime's default session", {"precision": "fp32", "intra_op_threads": 4, **common}),
-        ("fp32 at 3 thread(s)", {"precision": "fp32", "intra_op_threads": 3, **common}),
-        ("fp32 at 2 thread(s)", {"precision": "fp32", "intra_op_threads": 2, **common}),
-        ("fp32 at 1 thread(s)", {"precision": "fp32", "intra_op_threads": 1, **common}),
         ("int8-static per-channel qdq at 4 thread(s)",
          {"precision": "int8-static", "per_channel": True, "quant_format": "qdq", "calibration_method": "minmax",
           "intra_op_threads": 4, **common}),
@@ -47,6 +44,9 @@ def test_the_issues_baselines_in_order() -> None:
           "calibration_method": "minmax", "intra_op_threads": 4, **common}),
         ("int8-dynamic per-channel at 4 thread(s)",
          {"precision": "int8-dynamic", "per_channel": True, "intra_op_threads": 4, **common}),
+        ("fp32 at 3 thread(s)", {"precision": "fp32", "intra_op_threads": 3, **common}),
+        ("fp32 at 2 thread(s)", {"precision": "fp32", "intra_op_threads": 2, **common}),
+        ("fp32 at 1 thread(s)", {"precision": "fp32", "intra_op_threads": 1, **common}),
     ]
     # the params propose exactly these configurations through the space's own suggestions
     import optuna
@@ -70,7 +70,7 @@ def test_only_values_the_space_allows() -> None:
         assert d["intra_op_threads"] in (1, 2)
         # train knobs are the sampler's: seeds fix only the deploy knobs a user would hand-tune
         assert s.config["train"] == {} and not any(k.startswith("train.") for k in s.params)
-    assert [s.config["deploy"]["precision"] for s in seeds] == ["fp32", "fp32", "int8-static"]
+    assert [s.config["deploy"]["precision"] for s in seeds] == ["fp32", "int8-static", "fp32"]
 
 
 def test_no_int8_without_int8_and_limits_and_dedup() -> None:
@@ -104,3 +104,19 @@ def test_a_new_study_is_seeded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     first = sorted(h.complete(), key=lambda t: t.number)[:4]
     assert [TrialRecord.of(t).get(TrialRecord.SEED_REASON) for t in first] == reasons
     assert first[0].params["deploy.precision"] == "fp32" and first[0].params["deploy.intra_op_threads"] == 2
+
+
+def test_a_jetson_space_seeds_its_gpu_providers_at_the_precisions_they_run() -> None:
+    """A GPU provider is tried early (fp16 where its path runs it), precisions before thread counts, and
+    every seed names the per-provider precision parameter the sampler would use."""
+    from edge_search.devices.capabilities import device_capabilities
+    from edge_search.devices.profile import load_profiles
+    from edge_search.space import load_space, resolve_space
+
+    space, _ = resolve_space(load_space(None), device_capabilities(load_profiles()["jetson-nano"]))
+    seeds = first_configurations(space, 4, limit=6)
+    got = [(s.config["deploy"]["execution_provider"], s.config["deploy"]["precision"]) for s in seeds]
+    assert got == [("cpu", "fp32"), ("cuda", "fp16"), ("tensorrt", "fp16"), ("cpu", "int8-static"),
+                   ("cpu", "int8-dynamic"), ("cpu", "fp32")]
+    assert seeds[2].params["deploy.precision@tensorrt"] == "fp16"
+    assert "deploy.precision" not in seeds[2].params

@@ -10,7 +10,7 @@ import pytest
 from edge_search.devices.capabilities import device_capabilities
 from edge_search.devices.profile import get_profile
 from edge_search.errors import InputError
-from edge_search.space import load_space, resolve_space, suggest_config
+from edge_search.space import enumerate_space, load_space, resolve_space, sampled_params, suggest_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -88,6 +88,34 @@ def test_conditional_knobs_and_cores() -> None:
     assert "calibration_method" not in cfg["deploy"]
     assert "inter_op_threads" not in cfg["deploy"]
     assert cfg["deploy"]["intra_op_threads"] == 4
+
+
+def test_inter_op_threads_only_use_the_cores_intra_op_threads_leave() -> None:
+    """``high: cores`` of inter_op_threads is cores // intra_op_threads: the sampler never proposes an
+    oversubscribed pair (4 of 34 digits proposals were), and the grid has none."""
+    space, _ = resolve_space(load_space(None), device_capabilities(get_profile("host")))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=space.directions, sampler=optuna.samplers.TPESampler(seed=0))
+    pairs = set()
+    for i in range(80):
+        t = study.ask()
+        d = suggest_config(space, t, cores=4)["deploy"]
+        if d.get("execution_mode") == "parallel":
+            assert d["intra_op_threads"] * d["inter_op_threads"] <= 4, d
+            pairs.add((d["intra_op_threads"], d["inter_op_threads"]))
+        study.tell(t, [0.9 + 0.001 * (i % 7), 1.0 + i % 5, 1.0])
+    assert (1, 4) in pairs and (2, 2) in pairs  # the whole feasible range is still offered
+    grid = enumerate_space(space.model_copy(update={"train": {}}), 4, limit=200_000)
+    assert grid is not None
+    par = {(c["deploy"]["intra_op_threads"], c["deploy"]["inter_op_threads"]) for c in grid
+           if c["deploy"].get("execution_mode") == "parallel"}
+    assert par == {(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1)}
+    # the params of a configuration are the names the sampler uses, so enqueueing proposes it again
+    config = next(c for c in grid if c["deploy"].get("inter_op_threads") == 2 and c["deploy"]["intra_op_threads"] == 2)
+    params = sampled_params(space, config, 4)
+    assert params["deploy.inter_op_threads@2"] == 2
+    study.enqueue_trial(params)
+    assert suggest_config(space, study.ask(), cores=4)["deploy"] == config["deploy"]
 
 
 def test_threads_range_follows_device_cores() -> None:

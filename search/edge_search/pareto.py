@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from edge_search.records import StudyRecord, TrialRecord
+from edge_search.space import knob_of_param
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def pareto_points(study: optuna.Study) -> list[ParetoPoint]:
                    "ci_high_ms": lat.get("ci_high_ms"), "source": "confirmed" if fig is not None else "search",
                    "rounds": int(fig.get("rounds", 0)) if fig is not None else 0,
                    "warnings": list(lat.get("warnings") or [])} if lat else None
-        points.append(ParetoPoint(trial=t.number, params=record.config_params, sampled=frozenset(t.params),
+        points.append(ParetoPoint(trial=t.number, params=record.config_params,
+                                  sampled=frozenset(knob_of_param(k) for k in t.params),
                                   values=dict(zip(names, values_with(t, names, fig), strict=True)),
                                   mlflow_run_id=record.run_id, latency=latency,
                                   latency_source=record.latency_source or record.latency.get("source"),

@@ -7,9 +7,15 @@ the space allows:
 
 1. ONNX Runtime's default session: fp32, as many intra-op threads as the space allows (ORT's default
    uses every core), graph optimisation ``all``;
-2. fp32 at each other thread count the space allows;
+2. each other execution provider the space allows (a Jetson's GPU through CUDA or TensorRT), at fp16
+   where that path runs it, else fp32: the first thing a user with a GPU tries;
 3. each int8 precision the space allows at the most threads, per-channel where the space allows it,
-   once per ``quant_format`` it allows; then any other precision at the most threads.
+   once per ``quant_format`` it allows; then any other precision at the most threads;
+4. fp32 at each other thread count the space allows.
+
+(Precisions and providers come before thread counts: with the seed budget a quarter of the trials,
+a 24-trial search on a 4-core Jetson otherwise spent its six seeds on the CPU at four thread counts
+and never tried int8 or the GPU.)
 
 Every other deploy knob takes `DeployConfig`'s default where the space allows it, else the nearest
 value it allows. Train knobs are left to the sampler (its first proposals are random): fixing them
@@ -88,9 +94,10 @@ def _section(knobs: Mapping[str, KnobSpec], defaults: Mapping[str, Any], wants: 
     """One section of a configuration: `wants` where allowed, else the default, else the nearest
     allowed value; knobs whose `when` does not hold are left out (as `suggest_config` does)."""
     out: dict[str, Any] = {}
-    for name, spec in knobs.items():
-        if not spec.condition_holds(out):
+    for name, full in knobs.items():
+        if not full.condition_holds(out):
             continue
+        spec = full.narrowed(out, name, cores)
         if name in wants and _contains(spec, wants[name], cores):
             out[name] = wants[name]
         else:
@@ -116,7 +123,16 @@ def first_configurations(space: SearchSpace, cores: int, *,
     wanted: list[tuple[str, dict[str, Any]]] = []
     ort = {"precision": "fp32", "intra_op_threads": most, "graph_optimization": "all", "execution_mode": "sequential"}
     wanted.append(("ONNX Runtime's default session (fp32, every thread, graph optimisation all)", ort))
-    wanted += [(f"fp32 at {t} thread(s)", {**ort, "intra_op_threads": t}) for t in threads[1:]]
+    provider_spec = deploy_knobs.get("execution_provider")
+    for provider in allowed_values(provider_spec, cores) if provider_spec else []:
+        if provider == DEPLOY_KNOBS.get("execution_provider", "cpu"):
+            continue
+        prec_spec = deploy_knobs.get("precision")
+        offered = (allowed_values(prec_spec.narrowed({"execution_provider": provider}), cores) if prec_spec
+                   else ["fp32"])
+        precision = "fp16" if "fp16" in offered else "fp32"
+        wanted.append((f"{provider} at {precision}", {**ort, "execution_provider": provider, "precision": precision}))
+    thread_seeds = [(f"fp32 at {t} thread(s)", {**ort, "intra_op_threads": t}) for t in threads[1:]]
     for precision in [p for p in INT8 if p in precisions] + [p for p in precisions if p not in (*INT8, "fp32")]:
         for fmt in formats if precision == "int8-static" else [None]:
             want = {**ort, "precision": precision, "per_channel": True}
@@ -127,6 +143,7 @@ def first_configurations(space: SearchSpace, cores: int, *,
             if precision not in INT8:
                 label = precision
             wanted.append((f"{label} at {most} thread(s)", want))
+    wanted += thread_seeds
 
     identity = key or (lambda c: json.dumps(c, sort_keys=True, default=str))
     seeds: list[Seed] = []
@@ -139,7 +156,7 @@ def first_configurations(space: SearchSpace, cores: int, *,
         if k is None or k in seen:
             continue
         seen.add(k)
-        seeds.append(Seed(reason, config, sampled_params(space, config)))
+        seeds.append(Seed(reason, config, sampled_params(space, config, cores)))
         if limit is not None and len(seeds) >= limit:
             break
     return seeds

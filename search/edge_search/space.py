@@ -52,6 +52,12 @@ class KnobSpec(StrictModel):
     value: Scalar | None = None
     when: dict[str, Scalar | tuple[Scalar, ...]] | None = None
     available_only: bool = False
+    choices_by: dict[str, dict[str, tuple[Scalar, ...]]] | None = None
+    """The choices per value of one other knob of the section (``{execution_provider: {tensorrt:
+    [fp32, fp16], cpu: [...]}}``), where they differ from `choices`. `resolve_space` sets it for an
+    `available_only` precision, so the sampler is never offered a pair the device refuses (int8 with
+    TensorRT on a Maxwell GPU, fp16 on cores without fp16 arithmetic); each set is sampled under its own
+    Optuna parameter name (`param_key`), since Optuna fixes one distribution per name."""
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +92,41 @@ class KnobSpec(StrictModel):
         if self.available_only and self.type != "categorical":
             raise ValueError("available_only needs a list of choices")
         return self
+
+    def narrowed(self, sampled: Mapping[str, Any], name: str = "", cores: int | None = None) -> KnobSpec:
+        """This knob as it can be sampled after the knobs in `sampled`: the choices `choices_by` gives,
+        and for a knob in `CORES_LEFT_BY` (named `name`) a `high: cores` cut to the cores the other
+        knob leaves; itself otherwise."""
+        spec = self
+        if self.choices_by:
+            ((other, table),) = self.choices_by.items()
+            choices = table.get(str(sampled.get(other)))
+            if choices is not None:
+                spec = spec.model_copy(update={"choices": tuple(choices), "choices_by": None})
+        left = self._cores_left(sampled, name, cores)
+        if left is not None:
+            spec = spec.model_copy(update={"high": left})
+        return spec
+
+    def _cores_left(self, sampled: Mapping[str, Any], name: str, cores: int | None) -> int | None:
+        other = CORES_LEFT_BY.get(name)
+        if other is None or self.high != "cores" or cores is None or other not in sampled:
+            return None
+        left = max(int(self.low or 1), cores // max(1, int(sampled[other])))
+        return None if left == cores else left
+
+    def param_key(self, prefix: str, name: str, sampled: Mapping[str, Any], cores: int | None = None) -> str:
+        """The Optuna parameter name of this knob given the knobs sampled so far: ``deploy.precision``,
+        or ``deploy.precision@tensorrt`` where `choices_by` narrows the choices for that value (and
+        ``deploy.inter_op_threads@2`` where 2 intra-op threads leave fewer cores): Optuna fixes one
+        distribution per name."""
+        key = f"{prefix}.{name}"
+        if self.choices_by and self.narrowed(sampled).choices != self.choices:
+            ((other, _),) = self.choices_by.items()
+            key += f"@{sampled.get(other)}"
+        if self._cores_left(sampled, name, cores) is not None:
+            key += f"@{sampled[CORES_LEFT_BY[name]]}"
+        return key
 
     def condition_holds(self, sampled: Mapping[str, Any]) -> bool:
         if not self.when:
@@ -218,9 +259,11 @@ class SearchSpace(StrictModel):
             raise ValueError("an objective is listed twice")
         for group in (self.train, self.deploy):
             for name, spec in group.items():
-                for other in (spec.when or {}):
+                for other in (*(spec.when or {}), *(spec.choices_by or {})):
                     if other not in group:
                         raise ValueError(f"knob '{name}' depends on '{other}', which is not in the same section")
+                if spec.choices_by is not None and len(spec.choices_by) != 1:
+                    raise ValueError(f"knob '{name}': choices_by names exactly one other knob")
                 if spec.available_only and (group is self.train or name not in AVAILABLE_ONLY_KNOBS):
                     raise ValueError(f"knob '{name}': available_only applies to the deploy knobs "
                                      f"{', '.join(AVAILABLE_ONLY_KNOBS)}")
@@ -239,6 +282,11 @@ class SearchSpace(StrictModel):
         canon = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
+
+CORES_LEFT_BY = {"inter_op_threads": "intra_op_threads"}
+"""Knobs whose ``high: cores`` means the cores another knob leaves: inter-op threads each run an
+intra-op pool, so ``cores // intra_op_threads`` of them fit (the product oversubscribing the device is
+refused by `check_deploy`; before this, 4 of 34 proposals of a digits search were such pairs)."""
 
 AVAILABLE_ONLY_KNOBS = ("execution_provider", "precision")
 """Deploy knobs whose choices `available_only` filters by what the device can run."""
@@ -276,7 +324,50 @@ def resolve_space(space: SearchSpace, capabilities: DeviceCapabilities) -> tuple
             raise InputError(f"deploy.{name}: none of {', '.join(map(str, spec.choices))} can run on device "
                              f"'{capabilities.device}' ({'; '.join(notes)})")
         deploy[name] = spec.model_copy(update={"choices": tuple(keep), "available_only": False})
+    _split_precision_by_provider(space, deploy, capabilities, notes)
     return space.model_copy(update={"deploy": deploy}), notes
+
+
+def _split_precision_by_provider(space: SearchSpace, deploy: dict[str, KnobSpec], capabilities: DeviceCapabilities,
+                                 notes: list[str]) -> None:
+    """Narrow an `available_only` precision to what each offered execution provider runs
+    (`KnobSpec.choices_by`), in place; a provider left with no precision of the space is dropped.
+
+    Only where the provider is sampled before the precision (the order `when` needs too)."""
+    from edge_search.config import DEVICE_PRECISION
+
+    prec, prov = deploy.get("precision"), deploy.get("execution_provider")
+    names = list(deploy)
+    if (prec is None or prov is None or not space.deploy["precision"].available_only or prec.choices is None
+            or prov.type != "categorical" or prov.choices is None
+            or names.index("execution_provider") > names.index("precision")):
+        return
+    table: dict[str, tuple[Scalar, ...]] = {}
+    keep_providers: list[Scalar] = []
+    for provider in prov.choices:
+        path = capabilities.paths.get(str(provider))
+        if path is None:
+            keep_providers.append(provider)  # refused as a whole later, with its own reason
+            continue
+        ok = tuple(c for c in prec.choices if DEVICE_PRECISION.get(str(c)) in path.precisions)
+        for c in prec.choices:
+            if c not in ok:
+                why = path.refused_precisions.get(str(DEVICE_PRECISION.get(str(c))),
+                                                  f"{path.label} does not run {DEVICE_PRECISION.get(str(c))}")
+                notes.append(f"deploy.precision: {c} not offered with execution_provider {provider}: {why}")
+        if ok:
+            table[str(provider)] = ok
+            keep_providers.append(provider)
+        else:
+            notes.append(f"deploy.execution_provider: {provider} left out: it runs none of the space's precisions "
+                         f"({', '.join(map(str, prec.choices))})")
+    if not keep_providers:
+        raise InputError(f"deploy.execution_provider: no offered provider of device '{capabilities.device}' runs "
+                         f"any of the space's precisions ({', '.join(map(str, prec.choices))})")
+    if tuple(keep_providers) != prov.choices:
+        deploy["execution_provider"] = prov.model_copy(update={"choices": tuple(keep_providers)})
+    if any(v != prec.choices for v in table.values()):
+        deploy["precision"] = prec.model_copy(update={"choices_by": {"execution_provider": table}})
 
 
 def parse_space(data: Any, origin: str) -> SearchSpace:
@@ -406,10 +497,11 @@ def load_space(path_or_name: str | Path | None) -> SearchSpace:
 
 def _suggest_section(trial: Any, prefix: str, knobs: Mapping[str, KnobSpec], cores: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, spec in knobs.items():
-        if not spec.condition_holds(out):
+    for name, full in knobs.items():
+        if not full.condition_holds(out):
             continue
-        key = f"{prefix}.{name}"
+        key = full.param_key(prefix, name, out, cores)
+        spec = full.narrowed(out, name, cores)
         if spec.type == "fixed":
             out[name] = spec.value
         elif spec.type == "categorical":
@@ -472,15 +564,14 @@ def enumerate_space(space: SearchSpace, cores: int, limit: int = 20_000) -> list
     def section(knobs: Mapping[str, KnobSpec]) -> list[dict[str, Any]] | None:
         out: list[dict[str, Any]] = [{}]
         for name, spec in knobs.items():
-            values = knob_values(spec, cores)
-            if values is None:
+            if knob_values(spec, cores) is None:
                 return None
             grown: list[dict[str, Any]] = []
             for partial in out:
                 if not spec.condition_holds(partial):
                     grown.append(partial)
                     continue
-                grown += [{**partial, name: v} for v in values]
+                grown += [{**partial, name: v} for v in knob_values(spec.narrowed(partial, name, cores), cores) or ()]
                 if len(grown) > limit:
                     return None
             out = grown
@@ -492,12 +583,20 @@ def enumerate_space(space: SearchSpace, cores: int, limit: int = 20_000) -> list
     return [{"train": t, "deploy": d} for t in train for d in deploy]
 
 
-def sampled_params(space: SearchSpace, config: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The Optuna params of a configuration (``train.lr``, ``deploy.precision``, ...): its searched
-    knobs only, as `study.enqueue_trial` takes them."""
+def sampled_params(space: SearchSpace, config: Mapping[str, Mapping[str, Any]], cores: int | None = None
+                   ) -> dict[str, Any]:
+    """The Optuna params of a configuration (``train.lr``, ``deploy.precision@cpu``, ...): its searched
+    knobs only, named as `suggest_config` on a `cores`-core device names them, as `study.enqueue_trial`
+    takes them."""
     out: dict[str, Any] = {}
     for prefix, knobs in (("train", space.train), ("deploy", space.deploy)):
+        section = config.get(prefix, {})
         for name, spec in knobs.items():
-            if spec.type != "fixed" and name in config.get(prefix, {}):
-                out[f"{prefix}.{name}"] = config[prefix][name]
+            if spec.type != "fixed" and name in section:
+                out[spec.param_key(prefix, name, section, cores)] = section[name]
     return out
+
+
+def knob_of_param(key: str) -> str:
+    """The knob (``deploy.precision``) an Optuna parameter name (``deploy.precision@tensorrt``) samples."""
+    return key.split("@", 1)[0]

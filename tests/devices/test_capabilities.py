@@ -103,16 +103,50 @@ def test_the_space_offers_only_what_the_device_runs() -> None:
     on_nano, notes = resolve_space(space, device_capabilities(get_profile("jetson-nano")))
     assert on_nano.deploy["execution_provider"].choices == ("cpu", "cuda", "tensorrt")
     assert on_nano.deploy["precision"].choices == ("fp32", "fp16", "int8-dynamic", "int8-static")
-    assert notes == []
+    # each provider is offered only the precisions its path runs, and the notes say why
+    assert on_nano.deploy["precision"].choices_by == {"execution_provider": {
+        "cpu": ("fp32", "int8-dynamic", "int8-static"), "cuda": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16")}}
+    assert any(n.startswith("deploy.precision: int8-static not offered with execution_provider tensorrt: the "
+                            "Maxwell GPU") for n in notes)
+    assert any(n.startswith("deploy.precision: fp16 not offered with execution_provider cpu: the Cortex-A57 cores "
+                            "have no fp16 arithmetic") for n in notes)
     # threads are searched on the CPU path only
     import optuna
 
     gpu = suggest_config(on_nano, optuna.trial.FixedTrial({
         "train.lr": 0.01, "train.weight_decay": 1e-4, "train.epochs": 5, "train.batch_size": 64,
-        "train.width": 1.0, "train.depth": 2, "deploy.execution_provider": "cuda", "deploy.precision": "fp16",
+        "train.width": 1.0, "train.depth": 2, "deploy.execution_provider": "cuda", "deploy.precision@cuda": "fp16",
         "deploy.sparsity": 0.0, "deploy.channel_prune": 0.0, "deploy.finetune_epochs": 0,
         "deploy.graph_optimization": "all"}), cores=4)
     assert gpu["deploy"]["execution_provider"] == "cuda" and "intra_op_threads" not in gpu["deploy"]
+
+
+def test_the_sampler_never_proposes_a_pair_the_device_refuses() -> None:
+    """Before the split, int8 with TensorRT on the Nano's Maxwell GPU and fp16 on its A57 cores were
+    proposed, refused and told infeasible: 7 of 31 proposals of a digits search."""
+    import optuna
+
+    from edge_search.config import DEVICE_PRECISION
+    from edge_search.space import enumerate_space
+
+    caps = device_capabilities(get_profile("jetson-nano"))
+    space, _ = resolve_space(load_space(None), caps)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(seed=1))
+    pairs = set()
+    for i in range(60):
+        trial = study.ask()
+        deploy = suggest_config(space, trial, 4)["deploy"]
+        assert DEVICE_PRECISION[deploy["precision"]] in caps.path(deploy["execution_provider"]).precisions
+        pairs.add((deploy["execution_provider"], deploy["precision"]))
+        study.tell(trial, [0.9 + 0.001 * (i % 7), 1.0 + (i % 5)])
+    assert {p for p in pairs if p[0] != "cpu"} <= {(g, f) for g in ("cuda", "tensorrt") for f in ("fp32", "fp16")}
+    assert ("tensorrt", "fp16") in pairs and ("cpu", "int8-static") in pairs
+    configs = enumerate_space(space.model_copy(update={"train": {}}), 4, limit=100_000)
+    assert configs is not None
+    assert {(c["deploy"]["execution_provider"], c["deploy"]["precision"]) for c in configs} == {
+        ("cpu", "fp32"), ("cpu", "int8-dynamic"), ("cpu", "int8-static"), ("cuda", "fp32"), ("cuda", "fp16"),
+        ("tensorrt", "fp32"), ("tensorrt", "fp16")}
 
 
 def test_available_only_with_nothing_left_is_an_input_error(tmp_path: Path) -> None:

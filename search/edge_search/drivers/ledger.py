@@ -115,7 +115,7 @@ class SpaceGrid:
                 key = pipeline.config_key(config)
             except (InvalidConfig, ValueError, KeyError):
                 continue  # cannot be deployed (or the task rejects it): never a configuration to evaluate
-            keys.setdefault(key, sampled_params(space, raw))
+            keys.setdefault(key, sampled_params(space, raw, pipeline.device_cores))
         return cls(keys)
 
     def __len__(self) -> int:

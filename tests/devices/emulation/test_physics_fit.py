@@ -39,6 +39,31 @@ def test_a_class_without_data_stays_at_its_prior() -> None:
     assert F.predict(res, [other])[0] > 0
 
 
+def test_another_runtimes_slow_strided_convs_do_not_become_onnx_runtimes() -> None:
+    """ONNX Runtime runs every dense convolution through one GEMM path, so its k x k rate is tied to its
+    3x3 rate; a runtime whose k x k convs are 3x slower per FLOP (ncnn: Winograd 3x3s, im2col for the
+    rest) keeps that in its own factor. Without the tie ONNX Runtime inherited it from the other
+    runtimes' rows (2.4x slower strided convs, ResNet-18 +25-30 % against ONNX Runtime's VGG rates)."""
+    def obs(family: str, conv3: float, convk: float, runtime: str) -> F.Obs:
+        work = ModelWork({"conv3": conv3, "convk": convk}, nodes=10, gflops=conv3 + convk)
+        slow_k = 3.0 if runtime == "ncnn" else 1.0
+        ms = 1000 * (conv3 + slow_k * convk) / 10 / 0.5
+        return F.Obs("board", "cpu", "fp32", runtime, 1, "arm", PEAKS, work, family, ms)
+
+    rows = [obs(f"f{i}", c3, ck, "ncnn") for i, (c3, ck) in enumerate(
+        [(1, 0), (2, 0), (1, 1), (0.5, 2), (0.2, 3), (3, 0.5), (1, 4), (2, 2)])]
+    rows += [obs(f"g{i}", c3, 0.0, "ort") for i, c3 in enumerate((1.0, 2.0, 4.0))]  # ORT: 3x3-only rows
+    res = F.fit(rows)
+    ratio = math.exp(res.value("eff.cpu.fp32.convk"))  # type: ignore[arg-type]
+    assert 0.6 < ratio < 1.1, ratio  # ONNX Runtime's k x k : 3x3 stays near its prior (0.8)
+    def per_flop_ratio(runtime: str) -> float:
+        k, c3 = F.predict(res, [obs("q", 0.0, 2.0, runtime), obs("q", 2.0, 0.0, runtime)], level="runtime")
+        return float(k / c3)
+
+    assert per_flop_ratio("ncnn") > 2.4  # ncnn's own terms carry its 3x slower k x k convs
+    assert per_flop_ratio("ort") < 1.8  # an ONNX Runtime strided conv is not predicted 3x slower per FLOP
+
+
 def test_lofo_never_fits_the_held_out_family_and_bands_are_nested() -> None:
     rng = np.random.default_rng(0)
     rows = []

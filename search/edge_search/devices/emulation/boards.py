@@ -106,10 +106,10 @@ def _val(res: F.FitResult, name: str) -> float:
     v = res.value(name)
     if v is not None:
         return v
-    from edge_search.devices.emulation.fit import PRIOR_EFF_CPU, PRIOR_EFF_GPU, PRIOR_ETA
+    from edge_search.devices.emulation.fit import PRIOR_EFF_GPU, PRIOR_ETA
 
     if name.startswith("eff.cpu.fp32."):
-        return math.log(PRIOR_EFF_CPU[name.rsplit(".", 1)[1]])
+        return F.cpu_class_prior(name.rsplit(".", 1)[1])[0]
     if name.startswith("q.cpu.int8."):
         return math.log(F.PRIOR_INT8_RATIO[name.endswith(".dot")][0])
     if name.startswith("eff.gpu."):
@@ -160,7 +160,8 @@ def physics_block(profile: DeviceProfile, res: F.FitResult, rows: Sequence[F.Obs
     for prec in ("fp32", "int8"):
         src = about("cpu", prec)
         for k in WORK_CLASSES:
-            lg = _val(res, f"eff.cpu.fp32.{k}") + _val(res, f"dev.{d}.cpu") + _val(res, f"dev.{d}.cpu.{k}")
+            lg = (sum(_val(res, n) for n in F.cpu_class_params(k)) + _val(res, f"dev.{d}.cpu")
+                  + _val(res, f"dev.{d}.cpu.{k}") + _val(res, F.reference_group_param(d, k)))
             why = "ONNX Runtime, 1 thread, fraction of peak"
             if prec != "fp32":
                 lg += (_val(res, f"dev.{d}.cpu.{prec}")

@@ -57,6 +57,10 @@ RT_GROUPS = ("conv3", "dense", "depthwise", "memory")
 dense compute, depthwise, memory-bound."""
 _RT_GROUP = {"conv3": "conv3", "convk": "dense", "pointwise": "dense", "gemm": "dense",
              "depthwise": "depthwise", "memory": "memory"}
+_RT_GROUP_CPU = {**_RT_GROUP, "convk": "convk"}
+"""CPU runtimes also get their own factor for strided and larger-kernel convs: ncnn and Arm NN have
+hand-written 3x3 (Winograd, 3x3s2) kernels and run the rest through im2col, so their k x k rate is
+their own, not ONNX Runtime's (`CPU_TIED_TO_CONV3`)."""
 _THREAD_GROUP = {k: ("compute" if k in COMPUTE_WORK else "memory") for k in WORK_CLASSES}
 
 # prior means (efficiency is a fraction of the roofline peak) and spreads, log space
@@ -66,7 +70,17 @@ PRIOR_SD = {"eff": 1.0, "dev": 0.5, "dev_prec": 0.3, "devclass": 0.25, "devclass
             "rt_prec": 0.5, "rt_prec_group": 0.25, "eta": 1.0, "eta_rt": 0.7, "overhead": 1.5, "overhead_dev": 0.5,
             "overhead_rt_dev": 0.7, "node": 1.5,
             "node_rt": 1.0, "int8": 0.4, "int8_other": 0.5, "int8_class": 0.3, "gpu_rt_prec": 1.0,
-            "gpu_fp16": 0.3}
+            "gpu_fp16": 0.3, "ref_devgroup": 0.3}
+CPU_TIED_TO_CONV3 = {"convk": (0.8, 0.25), "pointwise": (1.0, 0.25)}
+"""ONNX Runtime's dense convolutions of other shapes as a ratio of its 3x3 rate (prior mean, log sd).
+MLAS runs every dense convolution through one path (im2col + SGEMM; a 1x1 without the im2col), so a
+strided or 7x7 conv and a 1x1 reach about the per-FLOP rate of a 3x3 (the 7x7 stem's small channel
+count costs a little: 0.8). The parameter ``eff.cpu.fp32.<k>`` of these classes is this log ratio,
+added to ``eff.cpu.fp32.conv3``. Before the tie each class had its own efficiency, and the other
+runtimes' rows (ncnn's and Arm NN's Winograd 3x3s, most of the data) set the split: ONNX Runtime's
+strided convs came out 2.4x slower per FLOP than its 3x3s, and ResNet-18 (0.58 of 3.6 GFLOP strided or
+7x7) was predicted 25-30 % slower than VGG's and RepVGG's ONNX Runtime rows imply. A runtime's own 3x3
+advantage is its ``rt.<r>.<isa>.conv3`` factor."""
 PRIOR_ETA = {"compute": 0.8, "memory": 0.4}
 PRIOR_OVERHEAD_MS = {"cpu": 0.2, "gpu": 1.0}
 PRIOR_NODE_US = {"cpu": 10.0, "gpu": 30.0}
@@ -144,6 +158,32 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def cpu_class_prior(k: str) -> tuple[float, float]:
+    """Prior (log mean, log sd) of the parameter ``eff.cpu.fp32.<k>``: a fraction of the peak, or for a
+    class in `CPU_TIED_TO_CONV3` its log ratio to the 3x3 rate."""
+    if k in CPU_TIED_TO_CONV3:
+        m, s = CPU_TIED_TO_CONV3[k]
+        return math.log(m), s
+    return math.log(PRIOR_EFF_CPU[k]), PRIOR_SD["eff"]
+
+
+def cpu_class_params(k: str) -> list[str]:
+    """The parameters whose sum is ONNX Runtime's log efficiency of class `k` on the CPU at fp32 (before
+    the device terms)."""
+    return ["eff.cpu.fp32.conv3", f"eff.cpu.fp32.{k}"] if k in CPU_TIED_TO_CONV3 else [f"eff.cpu.fp32.{k}"]
+
+
+def reference_group_param(device: str, k: str) -> str:
+    """The reference runtime's (ONNX Runtime's) own deviation on `device` for class `k`'s group: its
+    published rows on a board set its class pattern there without moving the other runtimes'."""
+    return f"ref.{device}.cpu.{_RT_GROUP_CPU[k]}"
+
+
+def cpu_class_terms(pr: Prior, k: str) -> list[int]:
+    """Indices of `cpu_class_params` in `pr` (added with their priors when first met)."""
+    return [pr.get(n, *cpu_class_prior(n.rsplit(".", 1)[1])) for n in cpu_class_params(k)]
+
+
 def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
                ) -> tuple[list[list[int]], list[list[int]], list[int], list[int]]:
     """Parameter indices of one row: per class the efficiency terms and the eta terms, overhead, node cost.
@@ -162,7 +202,8 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
     for k in WORK_CLASSES:
         g = _RT_GROUP[k]
         if path == "cpu":
-            terms = [pr.get(f"eff.cpu.fp32.{k}", math.log(PRIOR_EFF_CPU[k]), PRIOR_SD["eff"]),
+            g = _RT_GROUP_CPU[k]
+            terms = [*cpu_class_terms(pr, k),
                      pr.get(f"dev.{d}.cpu", 0.0, PRIOR_SD["dev"]),
                      pr.get(f"dev.{d}.cpu.{k}", 0.0, PRIOR_SD["devclass"])]
             if p != "fp32":
@@ -178,7 +219,9 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
                     terms.append(pr.get(f"q_rt.cpu.{p}.{k}", 0.0, PRIOR_SD["int8_class"]))
                 terms += [pr.get(f"dev.{d}.cpu.{p}", 0.0, PRIOR_SD["dev_prec"]),
                           pr.get(f"dev.{d}.cpu.{p}.{k}", 0.0, PRIOR_SD["devclass_prec"])]
-            if not ref:
+            if ref:
+                terms.append(pr.get(reference_group_param(d, k), 0.0, PRIOR_SD["ref_devgroup"]))
+            else:
                 terms += [pr.get(f"rt.{o.runtime}.{o.isa}.{g}", 0.0, PRIOR_SD["rt"]),
                           pr.get(f"rt.{o.runtime}.{o.isa}.{p}", 0.0, PRIOR_SD["rt_prec"]),
                           pr.get(f"rt.{o.runtime}.{o.isa}.{p}.{g}", 0.0, PRIOR_SD["rt_prec_group"])]
