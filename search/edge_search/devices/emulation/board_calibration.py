@@ -16,7 +16,9 @@ carries host profiles with:
 - ``thread_scaling_by["<precision>"]``: the median over models of T(1)/T(n) on the board;
 - ``error_band``: the 90th percentile of |relative error| in leave-one-family-out prediction (every
   model of a family predicted from a fit on the other families, at every thread count), so the band
-  says how well an architecture the fit has not seen is predicted; ``fit_stats`` holds its figures.
+  says how well an architecture the fit has not seen is predicted, widened in quadrature by the
+  spread between calibration rounds (`session_spread`: a fresh session's figure moves by itself);
+  ``fit_stats`` holds its figures.
 
 The written calibration then predicts the board's siblings (``--emulated-as``: an emulated copy of
 the profile) and any model on it (`EmulatedDevice`). What it cannot do: per-op-class rates beyond
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,9 @@ TIE_WEIGHT = 0.5
 """Weight of the prior tying a precision's compute and memory slow-downs together (log units)."""
 OVERHEAD_WEIGHT = 1.0
 """Weight of the prior pulling the fixed overhead towards 0, relative to the median figure."""
+SESSION_Z = 1.645
+"""Normal quantile of a two-sided 90 % interval: the session spread enters the band at the quantile the
+held-out errors do."""
 BOARD_BAND_FLOOR = 0.05
 """Smallest band written: fresh processes on one machine already differ by a few per cent."""
 
@@ -59,6 +64,10 @@ class BoardRecord:
     precision: str
     breakdown: HostBreakdown
     board_ms: dict[int, float]
+    board_rounds: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    """Every round's median on the board per thread count (`board_ms` keeps the fastest)."""
+    host_rounds: tuple[float, ...] = ()
+    """Every round's single-thread host total (`breakdown` is the fastest round's)."""
 
 
 def _group_ms(bd: HostBreakdown, host: DeviceProfile) -> tuple[float, float]:
@@ -199,7 +208,9 @@ def measure_suite_on_board(
     are taken close together; `repeats` interleaved rounds, the fastest of each kept (interference
     only ever slows a run down)."""
     board: dict[tuple[str, str], dict[int, float]] = {}
+    rounds: dict[tuple[str, str], dict[int, list[float]]] = {}
     host: dict[tuple[str, str], HostBreakdown] = {}
+    host_rounds: dict[tuple[str, str], list[float]] = {}
     jobs = [(m, prec, export(m, cache_dir, prec)) for m in models for prec in precisions]
     for rnd in range(repeats):
         for m, prec, path in jobs:
@@ -213,10 +224,36 @@ def measure_suite_on_board(
             for n in threads:
                 ms = device.measure(req.model_copy(update={"session": SessionKnobs(intra_op_threads=n)})).median_ms
                 slot[n] = min(ms, slot.get(n, ms))
+                rounds.setdefault(key, {}).setdefault(n, []).append(ms)
             bd = breakdown_from_nodes(path, host_device.profile_nodes(req, runs=host_runs), host_runs)
+            host_rounds.setdefault(key, []).append(bd.host_ms)
             if key not in host or bd.host_ms < host[key].host_ms:
                 host[key] = bd
-    return [BoardRecord(m.name, m.family, prec, host[(m.name, prec)], board[(m.name, prec)]) for m, prec, _ in jobs]
+    return [BoardRecord(m.name, m.family, prec, host[(m.name, prec)], board[(m.name, prec)],
+                        {n: tuple(v) for n, v in rounds[(m.name, prec)].items()}, tuple(host_rounds[(m.name, prec)]))
+            for m, prec, _ in jobs]
+
+
+def session_spread(records: Sequence[BoardRecord]) -> float | None:
+    """Pooled sd of log figures between rounds (separate sessions), board and host sides combined in
+    quadrature: how far a fresh session's prediction or measurement moves by itself. None with one round.
+
+    Processes, not iterations, are the unit of a latency interval (pyperf's lesson): a band made of
+    held-out errors of the fastest rounds alone held 2 of 4 held-out figures under load."""
+    def pooled(groups: Sequence[Sequence[float]]) -> float | None:
+        ss, dof = 0.0, 0
+        for g in groups:
+            if len(g) >= 2:
+                logs = np.log(np.asarray(g, dtype=float))
+                ss += float(np.sum((logs - logs.mean()) ** 2))
+                dof += len(g) - 1
+        return math.sqrt(ss / dof) if dof else None
+
+    board = pooled([v for r in records for v in r.board_rounds.values()])
+    host = pooled([r.host_rounds for r in records])
+    if board is None and host is None:
+        return None
+    return math.hypot(board or 0.0, host or 0.0)
 
 
 def calibrate_through_device(
@@ -253,10 +290,17 @@ def calibrate_through_device(
     cal = fit_board(records, host, source)
     lofo = leave_one_family_out(records, host, board)
     rel = [pred / ms - 1.0 for *_, ms, pred in lofo]
+    spread = session_spread(records)
     if rel:
-        band = Sourced(value=round(max(float(np.percentile(np.abs(rel), 90)), BOARD_BAND_FLOOR), 4),
+        q90 = float(np.percentile(np.abs(rel), 90))
+        value, why = q90, ""
+        if spread is not None:  # a fresh session moves by itself: add it at the same quantile
+            value = math.exp(math.hypot(math.log1p(q90), SESSION_Z * spread)) - 1.0
+            why = (f", widened by the spread between calibration rounds (log sd {spread:.3f}, board and host "
+                   f"sessions) at the same quantile")
+        band = Sourced(value=round(max(value, BOARD_BAND_FLOOR), 4),
                        source=f"max({BOARD_BAND_FLOOR}, 90th percentile of |relative error| in leave-one-family-"
-                              f"out prediction of the board's own suite figures, {len(rel)} predictions)")
+                              f"out prediction of the board's own suite figures, {len(rel)} predictions{why})")
     else:
         fit_rel = [predict_record(r, host, _as_target(board, cal), n) / ms - 1.0
                    for r in records for n, ms in r.board_ms.items()]
@@ -265,8 +309,10 @@ def calibrate_through_device(
                               "(at least 0.25); calibrate with more families for a tested band")
     stats = _figures(rel) if rel else {}
     stats["n"] = float(sum(len(r.board_ms) for r in records))
+    if spread is not None:
+        stats["session_log_sd"] = round(spread, 4)
     return cal.model_copy(update={"error_band": band, "fit_stats": stats}), records
 
 
 __all__ = ["BoardRecord", "calibrate_through_device", "fit_board", "leave_one_family_out", "measure_suite_on_board",
-           "predict_record"]
+           "predict_record", "session_spread"]
