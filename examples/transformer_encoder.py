@@ -3,6 +3,8 @@
 Written with explicit Linear layers, so its attention and feed-forward weights export as ONNX
 MatMuls: the targets of int8 dynamic and weight-only int4/int8 (MatMulNBits) quantisation.
 Random (seeded) weights; LayerNorm keeps activations well scaled. Quality is fidelity to fp32.
+This is a latency workload, not a quality reference: judge int8 and mixed precision on real weights
+with `examples/pretrained_efficientnet_lite.py` (pretrained EfficientNet-Lite, real photos).
 
     task: {name: torch, options: {builder: "examples.transformer_encoder:build"}}
 """

@@ -125,7 +125,7 @@ def first_configurations(space: SearchSpace, cores: int, *,
     wanted.append(("ONNX Runtime's default session (fp32, every thread, graph optimisation all)", ort))
     provider_spec = deploy_knobs.get("execution_provider")
     for provider in allowed_values(provider_spec, cores) if provider_spec else []:
-        if provider == DEPLOY_KNOBS.get("execution_provider", "cpu"):
+        if provider == DEPLOY_KNOBS["execution_provider"]:
             continue
         prec_spec = deploy_knobs.get("precision")
         offered = (allowed_values(prec_spec.narrowed({"execution_provider": provider}), cores) if prec_spec

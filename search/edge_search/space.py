@@ -120,11 +120,10 @@ class KnobSpec(StrictModel):
         or ``deploy.precision@tensorrt`` where `choices_by` narrows the choices for that value (and
         ``deploy.inter_op_threads@2`` where 2 intra-op threads leave fewer cores): Optuna fixes one
         distribution per name."""
-        key = f"{prefix}.{name}"
-        if self.choices_by and self.narrowed(sampled).choices != self.choices:
-            ((other, _),) = self.choices_by.items()
-            key += f"@{sampled.get(other)}"
-        if self._cores_left(sampled, name, cores) is not None:
+        key, narrowed = f"{prefix}.{name}", self.narrowed(sampled, name, cores)
+        if self.choices_by and narrowed.choices != self.choices:
+            key += f"@{sampled.get(next(iter(self.choices_by)))}"
+        if narrowed.high != self.high:
             key += f"@{sampled[CORES_LEFT_BY[name]]}"
         return key
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +63,15 @@ class BoardRecord:
     family: str
     precision: str
     breakdown: HostBreakdown
-    board_ms: dict[int, float]
-    board_rounds: dict[int, tuple[float, ...]] = field(default_factory=dict)
-    """Every round's median on the board per thread count (`board_ms` keeps the fastest)."""
+    board_rounds: dict[int, tuple[float, ...]]
+    """Every round's median on the board per thread count."""
     host_rounds: tuple[float, ...] = ()
     """Every round's single-thread host total (`breakdown` is the fastest round's)."""
+
+    @property
+    def board_ms(self) -> dict[int, float]:
+        """The fastest round per thread count (interference only ever slows a run down)."""
+        return {n: min(v) for n, v in self.board_rounds.items()}
 
 
 def _group_ms(bd: HostBreakdown, host: DeviceProfile) -> tuple[float, float]:
@@ -207,7 +211,6 @@ def measure_suite_on_board(
     per node at one thread on this host (`host_device`), model after model, so both sides of a record
     are taken close together; `repeats` interleaved rounds, the fastest of each kept (interference
     only ever slows a run down)."""
-    board: dict[tuple[str, str], dict[int, float]] = {}
     rounds: dict[tuple[str, str], dict[int, list[float]]] = {}
     host: dict[tuple[str, str], HostBreakdown] = {}
     host_rounds: dict[tuple[str, str], list[float]] = {}
@@ -220,16 +223,15 @@ def measure_suite_on_board(
                          "thread(s), then on this host per node")
             req = MeasureRequest(model_path=path, session=SessionKnobs(intra_op_threads=1), max_time_s=max_time_s,
                                  min_samples=10, precision_target=0.02, priority=0)
-            slot = board.setdefault(key, {})
+            slot = rounds.setdefault(key, {})
             for n in threads:
                 ms = device.measure(req.model_copy(update={"session": SessionKnobs(intra_op_threads=n)})).median_ms
-                slot[n] = min(ms, slot.get(n, ms))
-                rounds.setdefault(key, {}).setdefault(n, []).append(ms)
+                slot.setdefault(n, []).append(ms)
             bd = breakdown_from_nodes(path, host_device.profile_nodes(req, runs=host_runs), host_runs)
             host_rounds.setdefault(key, []).append(bd.host_ms)
             if key not in host or bd.host_ms < host[key].host_ms:
                 host[key] = bd
-    return [BoardRecord(m.name, m.family, prec, host[(m.name, prec)], board[(m.name, prec)],
+    return [BoardRecord(m.name, m.family, prec, host[(m.name, prec)],
                         {n: tuple(v) for n, v in rounds[(m.name, prec)].items()}, tuple(host_rounds[(m.name, prec)]))
             for m, prec, _ in jobs]
 

@@ -200,9 +200,8 @@ def _row_terms(o: Obs, pr: Prior, reference: str, tau: float
     ref = o.runtime == reference
     bench = [] if ref or not o.bench else [pr.get(f"bench.{o.bench}", 0.0, tau)]
     for k in WORK_CLASSES:
-        g = _RT_GROUP[k]
+        g = (_RT_GROUP_CPU if path == "cpu" else _RT_GROUP)[k]
         if path == "cpu":
-            g = _RT_GROUP_CPU[k]
             terms = [*cpu_class_terms(pr, k),
                      pr.get(f"dev.{d}.cpu", 0.0, PRIOR_SD["dev"]),
                      pr.get(f"dev.{d}.cpu.{k}", 0.0, PRIOR_SD["devclass"])]
